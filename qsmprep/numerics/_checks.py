@@ -35,7 +35,8 @@ def as_mask(mask, shape, name: str = 'mask'):
         return np.ones(shape, dtype=bool)
     m = np.asarray(mask)
     if m.shape != tuple(shape):
-        raise ValueError(f'{name} has shape {m.shape}; expected {tuple(shape)} (same grid as data)')
+        raise ValueError(
+            f'{name} has shape {m.shape}; expected {tuple(shape)} (the grid of the data)')
     if m.dtype != bool:
         if not np.all(np.isfinite(m)):
             raise ValueError(f'{name} contains non-finite values')

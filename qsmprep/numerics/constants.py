@@ -18,8 +18,17 @@ GAMMA_BAR = 42.57747892e6
 #: Proton gyromagnetic ratio, rad s⁻¹ T⁻¹.
 GAMMA = 2.0 * np.pi * GAMMA_BAR
 
-__all__ = ['GAMMA', 'GAMMA_BAR', 'hz_to_ppm', 'ppm_to_hz', 'ppm_to_rad', 'rad_to_hz',
-           'rad_to_ppm', 'hz_to_rad', 'ppm_scale']
+__all__ = [
+    'GAMMA',
+    'GAMMA_BAR',
+    'hz_to_ppm',
+    'hz_to_rad',
+    'ppm_scale',
+    'ppm_to_hz',
+    'ppm_to_rad',
+    'rad_to_hz',
+    'rad_to_ppm',
+]
 
 
 def ppm_scale(echo_time, field_strength):

@@ -89,13 +89,20 @@ def tensor_forward(chi_tensor, voxel_size=1.0, b0_direction=(0.0, 0.0, 1.0), *,
                    nyquist: str = 'symmetrize'):
     """Field shift (ppm) of a susceptibility tensor field for one B0 direction.
 
+    Uses 7 FFTs (6 forward, 1 inverse).  For an isotropic tensor ``χ·I`` the result equals
+    :func:`dipole_forward` of ``χ``.
+
     Parameters
     ----------
     chi_tensor : ndarray, shape (X, Y, Z, 6)
         Tensor components ``[χ11, χ12, χ13, χ22, χ23, χ33]`` in ppm, voxel-axis frame.
+    voxel_size : float or 3 floats
+        Voxel size in mm.
+    b0_direction : 3 floats
+        Unit B0 vector in the voxel-axis frame.
 
-    Uses 7 FFTs (6 forward, 1 inverse).  For an isotropic tensor ``χ·I`` the result equals
-    :func:`dipole_forward` of ``χ``.
+    Examples
+    --------
 
     >>> chi = np.zeros((8, 8, 8)); chi[4, 4, 4] = 1.0
     >>> T = np.zeros((8, 8, 8, 6)); T[..., 0] = T[..., 3] = T[..., 5] = chi
