@@ -1,0 +1,1 @@
+"""Thin Nipype interfaces over :mod:`qsmprep.numerics` (load → compute → save)."""

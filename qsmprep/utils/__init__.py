@@ -1,0 +1,1 @@
+"""Small utilities shared by interfaces and workflows (image I/O, geometry)."""

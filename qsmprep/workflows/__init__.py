@@ -1,0 +1,1 @@
+"""Nipype workflows (``init_*_wf`` factories) composing the qsmprep interfaces."""

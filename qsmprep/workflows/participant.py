@@ -1,0 +1,165 @@
+"""Run the participant level: build the graph, run it, move outputs into place, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+LOGGER = logging.getLogger('qsmprep')
+
+
+def _get(settings, name, default=None):
+    return getattr(settings, name, default) if settings is not None else default
+
+
+def derivatives_root(output_dir) -> Path:
+    """The derivatives dataset folder: ``output_dir`` itself when its name contains
+    ``qsmprep`` (BIDS: ``GeneratedBy[0].Name`` must be a substring of the folder name),
+    else ``output_dir/qsmprep``."""
+    out = Path(output_dir).absolute()
+    return out if 'qsmprep' in out.name else out / 'qsmprep'
+
+
+def workflow_options(settings) -> dict:
+    """Keyword arguments of :func:`~qsmprep.workflows.base.init_single_subject_wf`."""
+    mask = _get(settings, 'mask_method', 'auto')
+    if mask in (None, 'auto'):
+        mask = 'bet' if shutil.which('bet') else 'python'
+    reg = _get(settings, 'registration', 'auto')
+    if reg in (None, 'auto'):
+        reg = 'flirt' if shutil.which('flirt') else 'sitk'
+    return {
+        'mask_method': mask,
+        'mask_erosion': int(_get(settings, 'mask_erosion', 2)),
+        'registration': reg,
+        'unwrapping': _get(settings, 'unwrapping', 'wrapped-difference'),
+        'echo_combination': _get(settings, 'echo_combination', 'average'),
+        'vsharp_radii': _get(settings, 'vsharp_radii', None),
+        'vsharp_threshold': float(_get(settings, 'vsharp_threshold', 0.05)),
+        'tkd_threshold': float(_get(settings, 'tkd_threshold', 0.15)),
+    }
+
+
+def init_qsmprep_wf(subjects, *, bids_dir, staging_dir, work_dir, options):
+    """One workflow holding every subject's :func:`init_single_subject_wf`."""
+    from nipype.pipeline import engine as pe
+
+    from qsmprep.workflows.base import init_single_subject_wf
+
+    wf = pe.Workflow(name='qsmprep_wf', base_dir=str(work_dir))
+    for subject in subjects:
+        wf.add_nodes([init_single_subject_wf(subject, output_dir=staging_dir,
+                                             bids_dir=bids_dir, **options)])
+    return wf
+
+
+def _plugin(settings):
+    plugin_file = _get(settings, 'use_plugin')
+    if plugin_file:
+        text = Path(plugin_file).read_text()
+        try:
+            cfg = json.loads(text)
+        except json.JSONDecodeError:
+            import yaml
+
+            cfg = yaml.safe_load(text)
+        return cfg.get('plugin', 'MultiProc'), cfg.get('plugin_args', {}) or {}
+    nprocs = int(_get(settings, 'nprocs', 0) or os.cpu_count() or 1)
+    if nprocs == 1:
+        return 'Linear', {}
+    args = {'n_procs': nprocs, 'raise_insufficient': False}
+    mem = _get(settings, 'mem_gb')
+    if mem:
+        args['memory_gb'] = float(mem)
+    return 'MultiProc', args
+
+
+def finalize_outputs(subjects, *, staging_dir, deriv_root, bids_dir, options, settings=None):
+    """Move each finished subject from staging into the derivatives dataset, write the
+    dataset-level files (``dataset_description.json``, ``.bidsignore``, citation) and the
+    per-subject HTML report."""
+    from qsmprep.reports.boilerplate import write_citation
+    from qsmprep.reports.core import generate_report
+    from qsmprep.workflows.base import BIDSIGNORE, dataset_description
+
+    deriv_root.mkdir(parents=True, exist_ok=True)
+    desc = deriv_root / 'dataset_description.json'
+    desc.write_text(json.dumps(dataset_description(bids_dir), indent=2) + '\n')
+    (deriv_root / '.bidsignore').write_text(BIDSIGNORE)
+    write_citation(deriv_root / 'logs' / 'CITATION.md', options)
+    for subject in subjects:
+        rel = Path(f'sub-{subject.subject}')
+        if subject.session:
+            rel = rel / f'ses-{subject.session}'
+        src, dst = staging_dir / rel, deriv_root / rel
+        if dst.exists():
+            shutil.rmtree(dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), str(dst))
+        log = deriv_root / f'sub-{subject.subject}' / 'log'
+        log.mkdir(parents=True, exist_ok=True)
+        (log / 'settings.json').write_text(json.dumps(
+            {'options': options, 'qsmprep_version': _version()}, indent=2, default=str) + '\n')
+        generate_report(deriv_root, subject, bids_dir=bids_dir, options=options)
+
+
+def _version():
+    from qsmprep import __version__
+
+    return __version__
+
+
+def run_participant(subjects, settings) -> int:
+    """Build and run the participant workflow for validated ``subjects``; return an exit code.
+
+    Outputs are written under the work directory first and moved into the derivatives
+    dataset only when every node of the run succeeded: a failed run leaves the output
+    directory as it was.
+    """
+    from nipype import config as ncfg
+    from nipype import logging as nlogging
+
+    bids_dir = Path(_get(settings, 'bids_dir')).absolute()
+    deriv_root = derivatives_root(_get(settings, 'output_dir'))
+    work_dir = Path(_get(settings, 'work_dir') or (Path.cwd() / 'work')).absolute()
+    options = workflow_options(settings)
+    if _get(settings, 'boilerplate_only', False):
+        from qsmprep.reports.boilerplate import write_citation
+
+        write_citation(deriv_root / 'logs' / 'CITATION.md', options)
+        LOGGER.info('Wrote %s', deriv_root / 'logs' / 'CITATION.md')
+        return 0
+    staging_dir = work_dir / 'staging'
+    if staging_dir.exists():
+        shutil.rmtree(staging_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    omp = _get(settings, 'omp_nthreads')
+    if omp:
+        os.environ['OMP_NUM_THREADS'] = str(omp)
+        os.environ['QSMPREP_FFT_WORKERS'] = str(omp)
+    ncfg.update_config({
+        'execution': {'crashdump_dir': str(work_dir / 'crash'), 'crashfile_format': 'txt',
+                      'remove_unnecessary_outputs': False,
+                      'stop_on_first_crash': bool(_get(settings, 'stop_on_first_crash', True))},
+        'monitoring': {'enabled': False},
+    })
+    nlogging.update_logging(ncfg)
+    wf = init_qsmprep_wf(subjects, bids_dir=bids_dir, staging_dir=staging_dir,
+                         work_dir=work_dir, options=options)
+    plugin, plugin_args = _plugin(settings)
+    LOGGER.info('Running %d subject(s) with %s (work dir %s)', len(subjects), plugin, work_dir)
+    t0 = time.time()
+    try:
+        wf.run(plugin=plugin, plugin_args=plugin_args)
+    except Exception as exc:  # nipype raises RuntimeError listing crashed nodes
+        LOGGER.error('qsmprep failed: %s\nCrash files: %s\nThe output directory was not '
+                     'modified.', exc, work_dir / 'crash')
+        return 1
+    finalize_outputs(subjects, staging_dir=staging_dir, deriv_root=deriv_root,
+                     bids_dir=bids_dir, options=options, settings=settings)
+    LOGGER.info('Finished in %.1f s; derivatives in %s', time.time() - t0, deriv_root)
+    return 0
