@@ -63,10 +63,10 @@ def sitk_rigid(fixed, fixed_affine, moving, moving_affine, *, fixed_mask=None,
     """
     import SimpleITK as sitk
 
-    f = _to_sitk(fixed, fixed_affine)
-    m = _to_sitk(moving, moving_affine)
-    f = sitk.Normalize(f)
-    m = sitk.Normalize(m)
+    # magnitudes are non-negative, as the moment-based initialisation needs (a z-scored
+    # image has a meaningless centre of mass); mutual information needs no normalisation
+    f = _to_sitk(np.clip(fixed, 0, None), fixed_affine)
+    m = _to_sitk(np.clip(moving, 0, None), moving_affine)
     base = sitk.CenteredTransformInitializer(
         f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
     base = sitk.Euler3DTransform(base)

@@ -58,24 +58,10 @@ def init_qsmprep_wf(subjects, *, bids_dir, staging_dir, work_dir, options):
 
 
 def _plugin(settings):
-    plugin_file = _get(settings, 'use_plugin')
-    if plugin_file:
-        text = Path(plugin_file).read_text()
-        try:
-            cfg = json.loads(text)
-        except json.JSONDecodeError:
-            import yaml
-
-            cfg = yaml.safe_load(text)
-        return cfg.get('plugin', 'MultiProc'), cfg.get('plugin_args', {}) or {}
-    nprocs = int(_get(settings, 'nprocs', 0) or os.cpu_count() or 1)
-    if nprocs == 1:
-        return 'Linear', {}
-    args = {'n_procs': nprocs, 'raise_insufficient': False}
-    mem = _get(settings, 'mem_gb')
-    if mem:
-        args['memory_gb'] = float(mem)
-    return 'MultiProc', args
+    """Nipype plugin and arguments from the settings (``--use-plugin``, ``--nprocs``)."""
+    if hasattr(settings, 'nipype_plugin'):
+        return settings.nipype_plugin()
+    return 'Linear', {}
 
 
 def finalize_outputs(subjects, *, staging_dir, deriv_root, bids_dir, options, settings=None):
@@ -102,15 +88,9 @@ def finalize_outputs(subjects, *, staging_dir, deriv_root, bids_dir, options, se
         shutil.move(str(src), str(dst))
         log = deriv_root / f'sub-{subject.subject}' / 'log'
         log.mkdir(parents=True, exist_ok=True)
-        (log / 'settings.json').write_text(json.dumps(
-            {'options': options, 'qsmprep_version': _version()}, indent=2, default=str) + '\n')
+        if settings is not None and hasattr(settings, 'write_toml'):
+            settings.write_toml(log / f'qsmprep_{getattr(settings, "run_uuid", "run")}.toml')
         generate_report(deriv_root, subject, bids_dir=bids_dir, options=options)
-
-
-def _version():
-    from qsmprep import __version__
-
-    return __version__
 
 
 def run_participant(subjects, settings) -> int:

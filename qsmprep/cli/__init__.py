@@ -1,0 +1,1 @@
+"""Command line of qsmprep: ``qsmprep bids_dir output_dir {participant,group}``."""

@@ -1,0 +1,213 @@
+"""The settings of one qsmprep run: a small frozen object, dumped to TOML for provenance.
+
+Only the command line builds a :class:`Settings` (from the parsed arguments) and only the
+top-level workflow (``qsmprep.workflows.participant``) reads it; everything below gets explicit
+keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from qsmprep.__about__ import __version__
+
+__all__ = ['Settings', 'default_nprocs']
+
+
+def default_nprocs() -> int:
+    """CPUs available to this process (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return os.cpu_count() or 1
+
+
+_PATHS = ('bids_dir', 'output_dir', 'work_dir', 'derivatives', 'model', 'plugin_file')
+_TUPLES = ('participant_labels', 'session_labels', 'vsharp_radii')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every option of a run (see ``qsmprep --help`` for their meaning).
+
+    Units: ``mem_gb`` in GB, ``vsharp_radii`` in mm, ``mask_erosion`` in voxels.
+    ``vsharp_radii=None`` means the default radii of
+    :func:`qsmprep.numerics.bgremoval.vsharp_radii` for the data's voxel size.
+
+    >>> s = Settings(bids_dir=Path('/data'), output_dir=Path('/data/derivatives/qsmprep'),
+    ...              work_dir=Path('/scratch/work'), nprocs=2, omp_nthreads=2,
+    ...              run_uuid='x', created='2025-01-01T00:00:00+00:00')
+    >>> Settings.from_toml(s.to_toml()) == s
+    True
+    >>> s.nipype_plugin()
+    ('MultiProc', {'n_procs': 2, 'raise_insufficient': False})
+    """
+
+    bids_dir: Path
+    output_dir: Path
+    work_dir: Path
+    analysis_level: str = 'participant'
+    participant_labels: tuple[str, ...] | None = None
+    session_labels: tuple[str, ...] | None = None
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    mem_gb: float | None = None
+    plugin: str = 'MultiProc'
+    plugin_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    plugin_file: Path | None = None
+    skip_bids_validation: bool = False
+    verbosity: int = 0
+    boilerplate_only: bool = False
+    validate_only: bool = False
+    stop_on_first_crash: bool = False
+    reference_orientation: str | None = None
+    derivatives: Path | None = None
+    mask_method: str = 'auto'
+    mask_erosion: int = 2
+    unwrapping: str = 'wrapped-difference'
+    echo_combination: str = 'average'
+    vsharp_radii: tuple[float, ...] | None = None
+    vsharp_threshold: float = 0.05
+    tkd_threshold: float = 0.15
+    registration: str = 'auto'
+    model: Path | None = None
+    version: str = __version__
+    run_uuid: str = dataclasses.field(
+        default_factory=lambda: f'{datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4()}'
+    )
+    created: str = dataclasses.field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec='seconds')
+    )
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_namespace(cls, ns, *, plugin: str = 'MultiProc',
+                       plugin_args: dict | None = None) -> Settings:
+        """Build from the :mod:`argparse` namespace of :func:`qsmprep.cli.parser.build_parser`.
+
+        Relative paths are made absolute; the work directory defaults to ``./work``.
+        """
+        def absolute(p):
+            return None if p is None else Path(p).expanduser().absolute()
+
+        nprocs = ns.nprocs or default_nprocs()
+        return cls(
+            bids_dir=absolute(ns.bids_dir),
+            output_dir=absolute(ns.output_dir),
+            work_dir=absolute(ns.work_dir) if ns.work_dir else Path.cwd() / 'work',
+            analysis_level=ns.analysis_level,
+            participant_labels=tuple(ns.participant_label) if ns.participant_label else None,
+            session_labels=tuple(ns.session_label) if ns.session_label else None,
+            nprocs=nprocs,
+            omp_nthreads=ns.omp_nthreads or min(nprocs, 8),
+            mem_gb=ns.mem,
+            plugin=plugin,
+            plugin_args=dict(plugin_args or {}),
+            plugin_file=absolute(ns.use_plugin),
+            skip_bids_validation=ns.skip_bids_validation,
+            verbosity=ns.verbose,
+            boilerplate_only=ns.boilerplate_only,
+            validate_only=ns.validate_only,
+            stop_on_first_crash=ns.stop_on_first_crash,
+            reference_orientation=ns.reference_orientation,
+            derivatives=absolute(ns.derivatives),
+            mask_method=ns.mask_method,
+            mask_erosion=ns.mask_erosion,
+            unwrapping=ns.unwrapping,
+            echo_combination=ns.echo_combination,
+            vsharp_radii=tuple(ns.vsharp_radii) if ns.vsharp_radii else None,
+            vsharp_threshold=ns.vsharp_threshold,
+            tkd_threshold=ns.tkd_threshold,
+            registration=ns.registration,
+            model=absolute(ns.model),
+        )
+
+    def nipype_plugin(self) -> tuple[str, dict[str, Any]]:
+        """Nipype ``(plugin, plugin_args)``; MultiProc gets ``n_procs``/``memory_gb``.
+
+        Arguments from ``--use-plugin`` take precedence over ``--nprocs``/``--mem``.
+        """
+        args: dict[str, Any] = {}
+        if self.plugin in ('MultiProc', 'LegacyMultiProc'):
+            args['n_procs'] = self.nprocs
+            if self.mem_gb is not None:
+                args['memory_gb'] = self.mem_gb
+            args['raise_insufficient'] = False
+        args.update(self.plugin_args)
+        return self.plugin, args
+
+    # ----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-compatible values (paths as strings, tuples as lists, no ``None``)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, dict):
+                value = json.loads(json.dumps(value, default=str))
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Settings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f'unknown settings: {", ".join(sorted(unknown))}')
+        kw = dict(data)
+        for key in _PATHS:
+            if kw.get(key) is not None:
+                kw[key] = Path(kw[key])
+        for key in _TUPLES:
+            if kw.get(key) is not None:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+    def to_toml(self) -> str:
+        """TOML text of :meth:`to_dict` (scalars and lists; ``plugin_args`` as a table)."""
+        data = self.to_dict()
+        tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+        lines = ['# qsmprep settings', '[settings]']
+        lines += [f'{k} = {_toml_value(v)}' for k, v in data.items() if k not in tables]
+        for name, table in tables.items():
+            lines.append(f'\n[settings.{name}]')
+            lines += [f'{json.dumps(str(k))} = {_toml_value(v)}' for k, v in table.items()
+                      if v is not None]
+        return '\n'.join(lines) + '\n'
+
+    @classmethod
+    def from_toml(cls, text: str) -> Settings:
+        return cls.from_dict(tomllib.loads(text)['settings'])
+
+    def write_toml(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_toml())
+        return path
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return 'true' if v else 'false'
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # JSON string escapes are valid TOML
+    if isinstance(v, list | tuple):
+        return '[' + ', '.join(_toml_value(x) for x in v) + ']'
+    if isinstance(v, dict):
+        return '{' + ', '.join(f'{json.dumps(str(k))} = {_toml_value(x)}'
+                               for k, x in v.items() if x is not None) + '}'
+    return json.dumps(str(v))

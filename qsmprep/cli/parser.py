@@ -1,0 +1,298 @@
+"""Command-line parser of the qsmprep BIDS-App (BIDS-Apps 1.0 conventions, fMRIPrep style).
+
+``qsmprep bids_dir output_dir {participant,group} [options]``.  Parse errors exit with 64
+(``EX_USAGE``) instead of argparse's 2, which Bash reserves.  Checks that need the file system
+(:func:`check_paths`, :func:`load_plugin_file`) run after parsing and raise
+:class:`~qsmprep.io.errors.QsmprepError` with the BIDS-Apps exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from qsmprep.__about__ import __version__
+from qsmprep.io.errors import CantCreateError, MissingInputError, UsageError
+
+__all__ = [
+    'EXIT_USAGE',
+    'build_parser',
+    'check_paths',
+    'load_plugin_file',
+    'parse_labels',
+    'parse_memory',
+]
+
+EXIT_USAGE = 64
+
+_MEM_UNITS = {'': 1.0, 'B': 1e-9, 'K': 1e-6, 'M': 1e-3, 'G': 1.0, 'T': 1e3}
+_MEM = re.compile(r'^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(I?B)?\s*$', re.IGNORECASE)
+#: Memory given without a unit above this is almost certainly MB (fMRIPrep's default unit).
+_MAX_BARE_GB = 4096
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser exiting with 64 (``EX_USAGE``) on errors."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f'{self.prog}: error: {message}\n')
+
+
+def parse_memory(value: str) -> float:
+    """Memory in GB from ``'8'``, ``'8G'``, ``'8GB'``, ``'8000MB'``, ``'0.5T'`` (decimal units).
+
+    A bare number is GB.
+
+    >>> parse_memory('8G'), parse_memory('8000MB'), parse_memory('16'), parse_memory('1.5gb')
+    (8.0, 8.0, 16.0, 1.5)
+    """
+    m = _MEM.match(str(value))
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f'invalid memory {value!r}: use a number with an optional unit, e.g. 8G or 8000MB'
+        )
+    number, unit, suffix = float(m.group(1)), m.group(2).upper(), (m.group(3) or '').upper()
+    if not unit and suffix == 'B':
+        unit = 'B'
+    if not unit and not suffix and number > _MAX_BARE_GB:
+        raise argparse.ArgumentTypeError(
+            f'--mem {value} without a unit means {value} GB; add a unit, e.g. {value}MB'
+        )
+    gb = number * _MEM_UNITS[unit]
+    if gb <= 0:
+        raise argparse.ArgumentTypeError(f'memory must be positive; got {value!r}')
+    return gb
+
+
+def parse_labels(prefix: str):
+    """argparse type stripping the BIDS ``<prefix>-`` from a label.
+
+    >>> parse_labels('sub')('sub-01'), parse_labels('ses')('pre')
+    ('01', 'pre')
+    """
+    def convert(value: str) -> str:
+        label = value.strip()
+        if label.startswith(f'{prefix}-'):
+            label = label[len(prefix) + 1:]
+        if not re.fullmatch(r'[A-Za-z0-9]+', label):
+            raise argparse.ArgumentTypeError(
+                f'invalid {prefix} label {value!r}: BIDS labels contain only letters and digits'
+            )
+        return label
+
+    convert.__name__ = f'{prefix} label'
+    return convert
+
+
+def _number(kind, name, *, low=None, high=None, low_open=False, high_open=False):
+    def convert(value):
+        try:
+            x = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f'{name} must be {"an integer" if kind is int else "a number"}; got {value!r}'
+            ) from None
+        bad_low = low is not None and (x <= low if low_open else x < low)
+        bad_high = high is not None and (x >= high if high_open else x > high)
+        if bad_low or bad_high:
+            lo = '' if low is None else ('(' if low_open else '[') + f'{low:g}'
+            hi = '' if high is None else f'{high:g}' + (')' if high_open else ']')
+            rng = f'in {lo or "(-inf"}, {hi or "inf)"}'
+            raise argparse.ArgumentTypeError(f'{name} must be {rng}; got {value!r}')
+        return x
+
+    convert.__name__ = name
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``qsmprep`` argument parser (errors exit with 64)."""
+    p = _Parser(
+        prog='qsmprep',
+        description='qsmprep: multi-orientation, multi-echo GRE → QSM and susceptibility '
+                    'tensor imaging (STI), as a BIDS-App.',
+        epilog='Exit codes: 0 success, 1 failure, 16 BIDS validation failed, 18 filters '
+               'selected no data, 64 usage error, 65 input data incorrect, 66 required input '
+               'missing, 73 cannot create output.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument('bids_dir', type=Path, help='root of the raw BIDS dataset (read only)')
+    p.add_argument('output_dir', type=Path,
+                   help='output (derivatives) directory, e.g. <bids_dir>/derivatives/qsmprep; '
+                        'must not be bids_dir or elsewhere inside it')
+    p.add_argument('analysis_level', choices=['participant', 'group'],
+                   help='participant: process each participant; group: run on the '
+                        'participant-level outputs')
+    p.add_argument('--version', action='version', version=f'qsmprep {__version__}')
+
+    g = p.add_argument_group('BIDS selection')
+    g.add_argument('--participant-label', '--participant_label', nargs='+',
+                   type=parse_labels('sub'), metavar='LABEL',
+                   help='participants to process (with or without "sub-"); default: all')
+    g.add_argument('--session-label', '--session_label', nargs='+', type=parse_labels('ses'),
+                   metavar='LABEL', help='sessions to process (with or without "ses-"); '
+                                         'default: all')
+    g.add_argument('--skip-bids-validation', '--skip_bids_validation', action='store_true',
+                   help='do not run the BIDS schema validator (bids-validator-deno) on bids_dir')
+    g.add_argument('--derivatives', type=Path, metavar='PATH',
+                   help='folder with user brain masks named sub-<s>[_ses-<x>][_acq-<a>]'
+                        '[_run-<r>][_space-orig][_desc-brain]_mask.nii[.gz] (used instead of '
+                        'computed masks)')
+
+    g = p.add_argument_group('Performance')
+    g.add_argument('--nprocs', '--nthreads', '--n_cpus', '--n-cpus', type=_number(
+        int, '--nprocs', low=1), metavar='N', help='processes run in parallel; default: all '
+                                                   'available CPUs')
+    g.add_argument('--omp-nthreads', type=_number(int, '--omp-nthreads', low=1), metavar='N',
+                   help='threads per process (FFT workers); default: min(nprocs, 8)')
+    g.add_argument('--mem', '--mem-gb', '--mem_gb', type=parse_memory, metavar='MEM',
+                   help='memory limit for the Nipype scheduler, e.g. 8G or 8000MB '
+                        '(a bare number is GB)')
+    g.add_argument('--use-plugin', '--nipype-plugin-file', type=Path, metavar='FILE',
+                   help='YAML or JSON file with the Nipype "plugin" and "plugin_args" '
+                        '(e.g. SLURM, SGE, PBS)')
+    g.add_argument('-w', '--work-dir', type=Path, metavar='PATH',
+                   help='working directory for intermediate results; re-runs reuse finished '
+                        'nodes (default: ./work, which must not be inside bids_dir)')
+    g.add_argument('--stop-on-first-crash', action='store_true',
+                   help='stop at the first crashing node instead of running the others')
+
+    g = p.add_argument_group('Run modes')
+    g.add_argument('--validate-only', action='store_true',
+                   help='only collect and validate the input, print the summary table and '
+                        'exit (0 if valid); writes nothing')
+    g.add_argument('--boilerplate-only', action='store_true',
+                   help='write the methods boilerplate (logs/CITATION.md) and exit')
+    g.add_argument('-v', '--verbose', action='count', default=0,
+                   help='more output (-v info, -vv verbose, -vvv debug)')
+
+    g = p.add_argument_group('Processing')
+    g.add_argument('--reference-orientation', metavar='LABEL',
+                   help='orientation used as registration/STI reference, by label (e.g. '
+                        'acq-ori01 or ori01); default: the one whose B0 is closest to the '
+                        "head's superior axis")
+    g.add_argument('--mask-method', choices=['auto', 'bet', 'python'], default='auto',
+                   help='brain extraction: FSL BET, a pure-Python BET port, or auto (BET when '
+                        'on PATH)')
+    g.add_argument('--mask-erosion', type=_number(int, '--mask-erosion', low=0), default=2,
+                   metavar='VOXELS', help='erode the brain mask by this many voxels')
+    g.add_argument('--unwrapping', choices=['wrapped-difference', 'sin-cos'],
+                   default='wrapped-difference', help='Laplacian phase unwrapping variant')
+    g.add_argument('--echo-combination', choices=['average', 'weighted', 'linear-fit'],
+                   default='average',
+                   help='combination of the per-echo fields (ppm): average (thesis), '
+                        'inverse-variance weighted, or linear fit against TE (needs >= 2 '
+                        'echoes)')
+    g.add_argument('--vsharp-radii', nargs='+', metavar='MM',
+                   type=_number(float, '--vsharp-radii', low=0, low_open=True),
+                   help='V-SHARP sphere radii in mm; default: 18*min(voxel) down to '
+                        '2*max(voxel) in steps of 2*max(voxel)')
+    g.add_argument('--vsharp-threshold', default=0.05, metavar='T', type=_number(
+        float, '--vsharp-threshold', low=0, high=1, low_open=True, high_open=True),
+        help='V-SHARP TSVD threshold on |1 - S(k)|')
+    g.add_argument('--tkd-threshold', default=0.15, metavar='T', type=_number(
+        float, '--tkd-threshold', low=0, high=2 / 3, low_open=True),
+        help='TKD threshold on |D(k)| for single-orientation inversions')
+    g.add_argument('--registration', choices=['auto', 'flirt', 'sitk'], default='auto',
+                   help='rigid registration of the orientations: FSL FLIRT, SimpleITK, or auto '
+                        '(FLIRT when on PATH)')
+    g.add_argument('--model', type=Path, metavar='PATH',
+                   help='trained model for deep-learning inference')
+    return p
+
+
+def load_plugin_file(path) -> tuple[str, dict]:
+    """Read a Nipype plugin file (YAML or JSON): ``{plugin: NAME, plugin_args: {...}}``.
+
+    Raises :class:`MissingInputError` (66) when absent, :class:`UsageError` (64) when invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError('plugin file (--use-plugin) does not exist', path=path,
+                                hint='pass a YAML/JSON file with "plugin" and "plugin_args"')
+    text = path.read_text()
+    hint = 'write e.g. {"plugin": "MultiProc", "plugin_args": {"n_procs": 4}} (JSON or YAML)'
+    try:
+        if path.suffix.lower() == '.json':
+            data = json.loads(text)
+        else:
+            try:
+                import yaml
+            except ImportError:
+                raise UsageError('reading a YAML plugin file needs PyYAML', path=path,
+                                 hint='pip install pyyaml, or write the file as .json') from None
+            data = yaml.safe_load(text)
+    except UsageError:
+        raise
+    except Exception as exc:  # json/yaml syntax errors
+        raise UsageError(f'cannot parse plugin file ({exc})', path=path, hint=hint) from None
+    if not isinstance(data, dict) or not isinstance(data.get('plugin'), str):
+        raise UsageError('plugin file has no "plugin" name', path=path, hint=hint)
+    args = data.get('plugin_args') or {}
+    if not isinstance(args, dict):
+        raise UsageError('"plugin_args" must be a mapping', path=path, hint=hint)
+    return data['plugin'], args
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+    except ValueError:
+        return False
+    return True
+
+
+def check_paths(bids_dir, output_dir, work_dir=None, *, derivatives=None, model=None) -> None:
+    """Refuse paths that would read nothing or write into the raw dataset.
+
+    * ``bids_dir`` must exist (66);
+    * ``output_dir`` must differ from ``bids_dir`` and lie outside it, except under
+      ``bids_dir/derivatives/<name>`` (64); it must not contain ``bids_dir`` (64) and, if it
+      exists, be a directory (73);
+    * ``work_dir`` likewise must not be inside ``bids_dir`` (except under ``derivatives/``) nor
+      inside ``output_dir`` (64);
+    * ``derivatives`` and ``model``, when given, must exist (66).
+    """
+    bids = Path(bids_dir).expanduser().resolve()
+    if not bids.is_dir():
+        raise MissingInputError('BIDS directory does not exist', path=bids_dir,
+                                hint='pass the root folder of the raw BIDS dataset as bids_dir')
+    out = Path(output_dir).expanduser().resolve()
+    suggestion = f'use {bids / "derivatives" / "qsmprep"} or a folder outside the dataset'
+    if out == bids:
+        raise UsageError('output_dir is the BIDS directory; qsmprep never writes into bids_dir',
+                         path=output_dir, hint=suggestion)
+    if _inside(out, bids):
+        rel = out.relative_to(bids).parts
+        if not (len(rel) >= 2 and rel[0] == 'derivatives'):
+            raise UsageError('output_dir is inside the BIDS directory; qsmprep never writes '
+                             'into bids_dir', path=output_dir, hint=suggestion)
+    if _inside(bids, out):
+        raise UsageError('output_dir contains the BIDS directory', path=output_dir,
+                         hint=suggestion)
+    if out.exists() and not out.is_dir():
+        raise CantCreateError('output_dir exists and is not a directory', path=output_dir,
+                              hint='remove the file or choose another output_dir')
+    if work_dir is not None:
+        work = Path(work_dir).expanduser().resolve()
+        hint = 'pass -w/--work-dir with a folder outside bids_dir and output_dir'
+        if work == bids or (_inside(work, bids)
+                            and work.relative_to(bids).parts[:1] != ('derivatives',)):
+            raise UsageError('work directory is inside the BIDS directory', path=work_dir,
+                             hint=hint)
+        if _inside(work, out):
+            raise UsageError('work directory is inside output_dir (it would pollute the '
+                             'derivatives)', path=work_dir, hint=hint)
+        if work.exists() and not work.is_dir():
+            raise CantCreateError('work directory exists and is not a directory',
+                                  path=work_dir, hint=hint)
+    if derivatives is not None and not Path(derivatives).is_dir():
+        raise MissingInputError('derivatives folder (--derivatives) does not exist',
+                                path=derivatives, hint='pass the folder holding the masks')
+    if model is not None and not Path(model).exists():
+        raise MissingInputError('model (--model) does not exist', path=model,
+                                hint='pass the path of a trained model')

@@ -1,0 +1,244 @@
+"""``qsmprep`` console script: parse → validate → summary → participant/group workflow.
+
+Nothing is written before the input has passed every check: the output and work directories
+are created only after validation, just before the workflow hook runs, and never inside
+``bids_dir``.  Every expected problem ends with one message on stderr and a BIDS-Apps exit code
+(:mod:`qsmprep.io.errors`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from qsmprep.cli.config import Settings
+from qsmprep.cli.parser import build_parser, check_paths, load_plugin_file
+from qsmprep.io.errors import (
+    BIDSValidationError,
+    CantCreateError,
+    MissingInputError,
+    QsmprepError,
+    UsageError,
+)
+
+__all__ = [
+    'VALIDATOR',
+    'check_settings',
+    'find_validator',
+    'main',
+    'run_bids_validator',
+    'setup_logging',
+]
+
+LOGGER = logging.getLogger('qsmprep.cli')
+
+#: The schema BIDS validator's executable (PyPI package ``bids-validator-deno``).
+VALIDATOR = 'bids-validator-deno'
+IMPORTANT, VERBOSE = 25, 15
+
+
+def setup_logging(verbosity: int = 0) -> int:
+    """Log ``qsmprep.*`` to stderr: level 25 (IMPORTANT) by default, -v 20, -vv 15, -vvv 10."""
+    logging.addLevelName(IMPORTANT, 'IMPORTANT')
+    logging.addLevelName(VERBOSE, 'VERBOSE')
+    level = max(IMPORTANT - 5 * int(verbosity), logging.DEBUG)
+    logger = logging.getLogger('qsmprep')
+    for h in list(logger.handlers):
+        if getattr(h, '_qsmprep_cli', False):
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)  # the current stderr (tests capture it)
+    handler.setFormatter(logging.Formatter('%(asctime)s | %(levelname)-8s | %(message)s',
+                                           '%H:%M:%S'))
+    handler._qsmprep_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    return level
+
+
+def find_validator() -> str | None:
+    """Path of ``bids-validator-deno`` (next to this Python first, then on ``PATH``)."""
+    local = Path(sys.executable).parent / VALIDATOR
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    return shutil.which(VALIDATOR)
+
+
+def run_bids_validator(bids_dir, *, executable: str | None = None, max_errors: int = 5,
+                       timeout: float = 1800) -> bool:
+    """Run the schema validator on ``bids_dir``; raise :class:`BIDSValidationError` on errors.
+
+    Warnings are ignored.  Returns False (after a warning) when the validator is not installed
+    or could not run, True when it ran and found no error.
+    """
+    exe = executable or find_validator()
+    if exe is None:
+        LOGGER.warning('%s not found: skipping BIDS validation (pip install '
+                       'bids-validator-deno, or pass --skip-bids-validation)', VALIDATOR)
+        return False
+    cmd = [exe, str(bids_dir), '--format', 'json', '--ignoreWarnings', '--no-color']
+    LOGGER.info('BIDS validation: %s', ' '.join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        LOGGER.warning('the BIDS validator could not run (%s); continuing without it', exc)
+        return False
+    try:
+        report = json.loads(proc.stdout)
+        issues = report['issues']['issues']
+    except (json.JSONDecodeError, KeyError, TypeError):
+        LOGGER.warning('the BIDS validator failed (exit %s) without a report; continuing '
+                       'without it. Its output ends with: %s', proc.returncode,
+                       (proc.stderr or proc.stdout).strip()[-500:])
+        return False
+    errors = []  # one line per (code, subCode, location): several rules may report one issue
+    for issue in issues:
+        if issue.get('severity') != 'error':
+            continue
+        code = issue.get('code', '?') + (f" {issue['subCode']}" if issue.get('subCode') else '')
+        text = f'{code} at {issue.get("location", "?")}'
+        if text not in errors:
+            errors.append(text)
+    if errors:
+        shown = errors[:max_errors]
+        more = f' (+{len(errors) - max_errors} more)' if len(errors) > max_errors else ''
+        hint = (f'fix the dataset (run `{VALIDATOR} {bids_dir}` for details) or pass '
+                '--skip-bids-validation')
+        if any(e.startswith('SIDECAR_KEY_REQUIRED Units ') for e in errors):
+            hint += ('. Phase sidecars need "Units": "rad" or "arbitrary" (qsm-forward does not '
+                     'write it; with --skip-bids-validation qsmprep accepts phase without '
+                     'Units when its values are radians)')
+        raise BIDSValidationError(
+            f'BIDS validation failed with {len(errors)} error(s): ' + '; '.join(shown) + more,
+            path=bids_dir, hint=hint,
+        )
+    LOGGER.info('BIDS validation passed')
+    return True
+
+
+def check_settings(subjects, settings: Settings) -> None:
+    """Refuse options the data cannot support (:class:`UsageError`, 64)."""
+    if settings.echo_combination == 'linear-fit':
+        for subj in subjects:
+            for o in subj.orientations:
+                if o.n_echoes < 2:
+                    raise UsageError(
+                        f'--echo-combination linear-fit needs at least 2 echoes, but '
+                        f'sub-{o.subject} {o.label} has 1', path=o.echoes[0].phase,
+                        hint='use --echo-combination average (or weighted) for single-echo '
+                             'data',
+                    )
+
+
+def _hook(module: str, name: str):
+    """Import ``module.name`` lazily; None when the module/function does not exist yet."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + '.')):
+            return None
+        raise
+    return getattr(mod, name, None)
+
+
+def _make_dir(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CantCreateError(f'cannot create the {what} ({exc.strerror or exc})', path=path,
+                              hint='choose a writable location') from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CantCreateError(f'the {what} is not writable', path=path,
+                              hint='choose a writable location or fix its permissions')
+
+
+def _run(argv) -> int:
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as exc:  # --help/--version (0) or a usage error (64)
+        return int(exc.code or 0)
+    plugin, plugin_args = ('MultiProc', {})
+    if ns.use_plugin is not None:
+        plugin, plugin_args = load_plugin_file(ns.use_plugin)
+    settings = Settings.from_namespace(ns, plugin=plugin, plugin_args=plugin_args)
+    setup_logging(settings.verbosity)
+    if settings.omp_nthreads > settings.nprocs:
+        LOGGER.warning('--omp-nthreads %d exceeds --nprocs %d: processes will compete for CPUs',
+                       settings.omp_nthreads, settings.nprocs)
+    check_paths(settings.bids_dir, settings.output_dir, settings.work_dir,
+                derivatives=settings.derivatives, model=settings.model)
+
+    if settings.analysis_level == 'group':
+        return _run_group(settings)
+
+    if settings.skip_bids_validation:
+        LOGGER.info('BIDS validation skipped (--skip-bids-validation)')
+    else:
+        run_bids_validator(settings.bids_dir)
+
+    from qsmprep.io.bids import collect_subjects
+    from qsmprep.io.datamodel import format_summary
+
+    subjects = collect_subjects(
+        settings.bids_dir, settings.participant_labels, session_labels=settings.session_labels,
+        derivatives=settings.derivatives, reference=settings.reference_orientation,
+    )
+    check_settings(subjects, settings)
+    print(format_summary(subjects), flush=True)
+    if settings.validate_only:
+        LOGGER.log(IMPORTANT, 'input is valid (%d participant/session(s)); --validate-only: '
+                   'nothing was written', len(subjects))
+        return 0
+
+    run_participant = _hook('qsmprep.workflows.participant', 'run_participant')
+    if run_participant is None:
+        print('qsmprep: participant workflow not available yet', file=sys.stderr)
+        return 1
+    _make_dir(settings.output_dir, 'output directory')
+    _make_dir(settings.work_dir, 'work directory')
+    return int(run_participant(subjects, settings) or 0)
+
+
+def _run_group(settings: Settings) -> int:
+    if not settings.output_dir.is_dir():
+        raise MissingInputError(
+            'output_dir does not exist: the group level needs the participant-level outputs',
+            path=settings.output_dir, hint='run the participant level first',
+        )
+    if settings.validate_only:
+        return 0
+    run_group = _hook('qsmprep.workflows.group', 'run_group')
+    if run_group is None:
+        print('qsmprep: group workflow not available yet', file=sys.stderr)
+        return 1
+    _make_dir(settings.work_dir, 'work directory')
+    return int(run_group(settings) or 0)
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``qsmprep`` console script; returns the exit code.
+
+    Expected problems (:class:`~qsmprep.io.errors.QsmprepError`) print one line on stderr and
+    return their BIDS-Apps code; unexpected exceptions print a traceback and return 1.
+    """
+    try:
+        return _run(argv)
+    except QsmprepError as err:
+        print(f'qsmprep: error: {err}', file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print('qsmprep: interrupted', file=sys.stderr)
+        return 130
+    except Exception:
+        LOGGER.exception('qsmprep failed with an unexpected error')
+        return 1
+
+
+if __name__ == '__main__':  # pragma: no cover
+    sys.exit(main())
