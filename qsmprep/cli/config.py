@@ -72,10 +72,11 @@ class Settings:
     mask_method: str = 'auto'
     mask_erosion: int = 2
     unwrapping: str = 'wrapped-difference'
-    echo_combination: str = 'average'
+    echo_combination: str = 'auto'
     vsharp_radii: tuple[float, ...] | None = None
     vsharp_threshold: float = 0.05
     tkd_threshold: float = 0.15
+    sti_regularization: float = 0.3
     registration: str = 'auto'
     model: Path | None = None
     version: str = __version__
@@ -125,6 +126,7 @@ class Settings:
             vsharp_radii=tuple(ns.vsharp_radii) if ns.vsharp_radii else None,
             vsharp_threshold=ns.vsharp_threshold,
             tkd_threshold=ns.tkd_threshold,
+            sti_regularization=ns.sti_regularization,
             registration=ns.registration,
             model=absolute(ns.model),
         )

@@ -182,11 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar='VOXELS', help='erode the brain mask by this many voxels')
     g.add_argument('--unwrapping', choices=['wrapped-difference', 'sin-cos'],
                    default='wrapped-difference', help='Laplacian phase unwrapping variant')
-    g.add_argument('--echo-combination', choices=['average', 'weighted', 'linear-fit'],
-                   default='average',
-                   help='combination of the per-echo fields (ppm): average (thesis), '
-                        'inverse-variance weighted, or linear fit against TE (needs >= 2 '
-                        'echoes)')
+    g.add_argument('--echo-combination', choices=['auto', 'average', 'weighted', 'linear-fit'],
+                   default='auto',
+                   help='combination of the per-echo fields (ppm): linear fit against TE with '
+                        'intercept (needs >= 2 echoes; unbiased by a receiver phase offset), '
+                        'average (the thesis), or inverse-variance weighted average; auto '
+                        '(default): linear-fit, or average for single-echo data')
     g.add_argument('--vsharp-radii', nargs='+', metavar='MM',
                    type=_number(float, '--vsharp-radii', low=0, low_open=True),
                    help='V-SHARP sphere radii in mm; default: 18*min(voxel) down to '
@@ -197,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--tkd-threshold', default=0.15, metavar='T', type=_number(
         float, '--tkd-threshold', low=0, high=2 / 3, low_open=True),
         help='TKD threshold on |D(k)| for single-orientation inversions')
+    g.add_argument('--sti-regularization', default=0.3, metavar='LAMBDA', type=_number(
+        float, '--sti-regularization', low=0),
+        help='weight of the per-k penalty on the anisotropic (deviatoric) part of the '
+             'susceptibility tensor, relative to tr(AᵀA)/6; 0 gives the unregularised STI '
+             'least-squares solution (STI Suite)')
     g.add_argument('--registration', choices=['auto', 'flirt', 'sitk'], default='auto',
                    help='rigid registration of the orientations: FSL FLIRT, SimpleITK, or auto '
                         '(FLIRT when on PATH)')

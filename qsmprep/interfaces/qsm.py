@@ -50,12 +50,14 @@ class _MultiInputSpec(BaseInterfaceInputSpec):
                                 desc='local fields (ppm) on the reference grid')
     in_masks = InputMultiObject(File(exists=True), mandatory=True,
                                 desc='their masks on the reference grid')
-    b0_directions = traits.List(traits.List(traits.Float), mandatory=True,
-                                desc='B0 unit vectors in the reference voxel frame')
+    b0_directions = traits.List(traits.Float, mandatory=True,
+                                desc='B0 unit vectors in the reference voxel frame, '
+                                     'flattened (3 values per orientation)')
     reference_b0 = traits.List(traits.Float, minlen=3, maxlen=3, mandatory=True,
                                desc='B0 of the reference orientation (defines χ33)')
-    min_orientations = traits.Int(1, usedefault=True,
-                                  desc='voxels seen by fewer orientations are masked out')
+    sti_regularization = traits.Float(0.3, usedefault=True,
+                                      desc='weight of the per-k anisotropy penalty of STI '
+                                           '(0: unregularised least squares)')
 
 
 class _MultiOutputSpec(TraitedSpec):
@@ -92,7 +94,7 @@ class MultiOrientation(SimpleInterface):
         fields = np.stack(fields, -1)
         mask = np.all(np.stack(masks, -1), -1)
         fields *= mask[..., None]
-        b0 = np.asarray(self.inputs.b0_directions, float)
+        b0 = np.asarray(self.inputs.b0_directions, float).reshape(-1, 3)
         vs = voxel_sizes(affine)
         n = b0.shape[0]
         report = {'n_orientations': int(n), 'b0_directions': b0.tolist(),
@@ -113,9 +115,16 @@ class MultiOrientation(SimpleInterface):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter('always')
                 cond = sti_condition_number(b0)
-                fit = fit_sti(fields, b0, voxel_size=vs, mask=mask)
+                fit = fit_sti(fields, b0, voxel_size=vs, mask=mask,
+                              tikhonov=self.inputs.sti_regularization,
+                              regularizer='anisotropy')
+            report['sti_regularization'] = {'weight': self.inputs.sti_regularization,
+                                            'penalty': 'anisotropy (deviatoric norm)'}
             report['warnings'] += [str(w.message) for w in caught]
-            report['condition_number'] = _jsonable(cond)
+            report['condition_number'] = {
+                'definition': 'cond(A(k)) over unit k directions (qsmprep.numerics.sti)',
+                **{k: float(getattr(cond, k)) for k in ('median', 'p5', 'p95', 'minimum',
+                                                         'maximum')}}
             tensor = fit.tensor * mask[..., None]
             iso = tensor[..., [0, 3, 5]].mean(-1)[mask].mean()  # remove the undefined mean
             tensor[..., [0, 3, 5]] -= iso
@@ -131,24 +140,6 @@ class MultiOrientation(SimpleInterface):
             json.dump(report, fh, indent=2)
         self._results['out_report'] = report_file
         return runtime
-
-
-def _jsonable(obj):
-    import dataclasses
-
-    import numpy as np
-
-    if dataclasses.is_dataclass(obj):
-        obj = dataclasses.asdict(obj)
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
 
 
 class _ApparentInputSpec(BaseInterfaceInputSpec):

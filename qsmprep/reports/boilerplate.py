@@ -40,7 +40,8 @@ orientation, a brain mask was obtained from the first-echo magnitude with {mask}
 by {options['mask_erosion']} voxel(s).  The phase of every echo was unwrapped with a
 Laplacian method ({options['unwrapping']}) [@laplacian], converted to ppm by dividing by
 2π·γ̄·TE·B0 (γ̄ = 42.57747892 MHz/T), and the echoes were combined
-({options['echo_combination']}).  Background fields were removed with V-SHARP
+({options['echo_combination']}; 'auto' is a linear fit against echo time with
+intercept for multi-echo data).  Background fields were removed with V-SHARP
 (TSVD threshold {options['vsharp_threshold']}) [@vsharp], and a single-orientation
 susceptibility map was computed with thresholded k-space division (threshold
 {options['tkd_threshold']}) [@tkd].  Each orientation's first-echo magnitude was registered

@@ -35,8 +35,9 @@ def _raw_uri(bids_dir, path) -> str:
 
 def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python',
                            mask_erosion=2, registration='sitk', unwrapping='wrapped-difference',
-                           echo_combination='average', vsharp_radii=None,
-                           vsharp_threshold=0.05, tkd_threshold=0.15, name=None):
+                           echo_combination='auto', vsharp_radii=None,
+                           vsharp_threshold=0.05, tkd_threshold=0.15, sti_regularization=0.3,
+                           name=None):
     """Process all orientations of one subject (and session).
 
     Parameters
@@ -82,12 +83,15 @@ def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python
         sources = [_raw_uri(bids_dir, f) for e in ori.echoes for f in (e.magnitude, e.phase)]
         meta = {**common, 'Sources': sources, 'EchoTime': list(ori.echo_times),
                 'B0_dir': list(ori.b0_direction)}
+        combination = echo_combination
+        if combination == 'auto':
+            combination = 'linear-fit' if ori.n_echoes >= 2 else 'average'
         owf = init_orientation_wf(
             echo_times=ori.echo_times, field_strength=ori.field_strength,
             b0_direction=ori.b0_direction, phase_units=ori.phase_units,
             phase_range=ori.phase_range,
             mask_method='user' if ori.user_mask else mask_method, mask_erosion=mask_erosion,
-            unwrapping=unwrapping, echo_combination=echo_combination,
+            unwrapping=unwrapping, echo_combination=combination,
             vsharp_radii=vsharp_radii, vsharp_threshold=vsharp_threshold,
             tkd_threshold=tkd_threshold, name=f'orientation_{tag}_wf')
         owf.inputs.inputnode.magnitude_files = [str(e.magnitude) for e in ori.echoes]
@@ -103,7 +107,7 @@ def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python
              {'Type': 'ROI', 'Description': 'V-SHARP final mask (local field support)'},
              owf, 'outputnode.local_mask', 'uint8')
         sink(f'ds_totalfield_{tag}', f'{p}_desc-total_field.nii.gz',
-             {**meta, 'Units': 'ppm', 'Description': f'Echo-combined field ({echo_combination})'},
+             {**meta, 'Units': 'ppm', 'Description': f'Echo-combined field ({combination})'},
              owf, 'outputnode.total_field')
         sink(f'ds_localfield_{tag}', f'{p}_desc-local_field.nii.gz',
              {**meta, 'Units': 'ppm', 'Description': 'Local field after V-SHARP'},
@@ -144,7 +148,8 @@ def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python
             (ref_wf, to_ref[i], [('outputnode.first_echo', 'reference')]),
         ])  # fmt: skip
 
-    multi = pe.Node(MultiOrientation(reference_b0=list(ref.b0_direction)),
+    multi = pe.Node(MultiOrientation(reference_b0=list(ref.b0_direction),
+                                     sti_regularization=sti_regularization),
                     name='multi_orientation')
     wf.connect([
         (merge_fields, multi, [('out', 'in_files')]),
@@ -165,7 +170,8 @@ def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python
          multi, 'out_report')
     if n < MIN_STI:
         return wf
-    sti = f'STI (per-k closed form, {n} orientations)'
+    sti = (f'STI (per-k closed form, {n} orientations, anisotropy penalty '
+           f'{sti_regularization})')
     for key, what in (('chi33', 'chi33: susceptibility along the reference B0'),
                       ('mms', 'mean magnetic susceptibility tr(chi)/3'),
                       ('msa', 'magnetic susceptibility anisotropy l1-(l2+l3)/2')):

@@ -37,10 +37,11 @@ def workflow_options(settings) -> dict:
         'mask_erosion': int(_get(settings, 'mask_erosion', 2)),
         'registration': reg,
         'unwrapping': _get(settings, 'unwrapping', 'wrapped-difference'),
-        'echo_combination': _get(settings, 'echo_combination', 'average'),
+        'echo_combination': _get(settings, 'echo_combination', 'auto'),
         'vsharp_radii': _get(settings, 'vsharp_radii', None),
         'vsharp_threshold': float(_get(settings, 'vsharp_threshold', 0.05)),
         'tkd_threshold': float(_get(settings, 'tkd_threshold', 0.15)),
+        'sti_regularization': float(_get(settings, 'sti_regularization', 0.3)),
     }
 
 

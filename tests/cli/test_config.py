@@ -17,7 +17,7 @@ def test_from_namespace_defaults(tmp_path, monkeypatch):
     assert s.work_dir == tmp_path / 'work'
     assert s.nprocs == default_nprocs() and s.omp_nthreads == min(s.nprocs, 8)
     assert s.participant_labels is None and s.vsharp_radii is None
-    assert s.echo_combination == 'average' and s.mask_erosion == 2
+    assert s.echo_combination == 'auto' and s.mask_erosion == 2
 
 
 def test_toml_round_trip_with_all_fields(tmp_path):

@@ -27,7 +27,7 @@ def test_defaults():
     assert ns.bids_dir == Path('/data/bids') and ns.analysis_level == 'participant'
     assert ns.participant_label is None and ns.work_dir is None
     assert ns.mask_method == 'auto' and ns.mask_erosion == 2
-    assert ns.echo_combination == 'average' and ns.unwrapping == 'wrapped-difference'
+    assert ns.echo_combination == 'auto' and ns.unwrapping == 'wrapped-difference'
     assert ns.vsharp_threshold == 0.05 and ns.tkd_threshold == 0.15
     assert ns.vsharp_radii is None and ns.registration == 'auto'
     assert ns.verbose == 0 and not ns.validate_only and not ns.skip_bids_validation
