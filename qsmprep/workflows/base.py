@@ -100,11 +100,13 @@ def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python
             owf.inputs.inputnode.user_mask = str(ori.user_mask)
         ori_wfs.append(owf)
         p = ori.prefix
+        native = _raw_uri(bids_dir, ori.echoes[0].magnitude)
         sink(f'ds_brainmask_{tag}', f'{p}_space-orig_desc-brain_mask.nii.gz',
-             {'Type': 'Brain', 'Sources': [_raw_uri(bids_dir, ori.echoes[0].magnitude)]},
+             {'Type': 'Brain', 'Sources': [native], 'SpatialReference': native},
              owf, 'outputnode.brain_mask', 'uint8')
         sink(f'ds_localmask_{tag}', f'{p}_space-orig_desc-local_mask.nii.gz',
-             {'Type': 'ROI', 'Description': 'V-SHARP final mask (local field support)'},
+             {'Type': 'ROI', 'SpatialReference': native,
+              'Description': 'V-SHARP final mask (local field support)'},
              owf, 'outputnode.local_mask', 'uint8')
         sink(f'ds_totalfield_{tag}', f'{p}_desc-total_field.nii.gz',
              {**meta, 'Units': 'ppm', 'Description': f'Echo-combined field ({combination})'},
@@ -232,6 +234,6 @@ BIDSIGNORE = """\
 *_qsmprep.json
 *.html
 logs/
-sub-*/figures/
-sub-*/log/
+sub-*/figures
+sub-*/log
 """

@@ -124,7 +124,7 @@ def run_participant(subjects, settings) -> int:
         os.environ['QSMPREP_FFT_WORKERS'] = str(omp)
     ncfg.update_config({
         'execution': {'crashdump_dir': str(work_dir / 'crash'), 'crashfile_format': 'txt',
-                      'remove_unnecessary_outputs': False,
+                      'remove_unnecessary_outputs': False, 'poll_sleep_duration': 0.05,
                       'stop_on_first_crash': bool(_get(settings, 'stop_on_first_crash', True))},
         'monitoring': {'enabled': False},
     })
