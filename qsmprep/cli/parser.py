@@ -194,10 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                         '2*max(voxel) in steps of 2*max(voxel)')
     g.add_argument('--vsharp-threshold', default=0.05, metavar='T', type=_number(
         float, '--vsharp-threshold', low=0, high=1, low_open=True, high_open=True),
-        help='V-SHARP TSVD threshold on |1 - S(k)|')
+        help='V-SHARP TSVD threshold on the magnitude of the high-pass kernel 1 - S(k)')
     g.add_argument('--tkd-threshold', default=0.15, metavar='T', type=_number(
         float, '--tkd-threshold', low=0, high=2 / 3, low_open=True),
-        help='TKD threshold on |D(k)| for single-orientation inversions')
+        help='TKD threshold on the magnitude of the dipole kernel D(k) (single-orientation '
+             'inversions)')
     g.add_argument('--sti-regularization', default=0.3, metavar='LAMBDA', type=_number(
         float, '--sti-regularization', low=0),
         help='weight of the per-k penalty on the anisotropic (deviatoric) part of the '
