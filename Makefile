@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/qsmprep-demo $(DEMO_OUT)
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check qsmprep tests benchmarks docs
+	$(VENV)/bin/ruff check qsmprep tests benchmarks docs bids_app
 
 test: lint
 	$(VENV)/bin/python -m pytest -n 2 $(PYTEST_ARGS)

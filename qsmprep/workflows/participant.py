@@ -132,6 +132,10 @@ def run_participant(subjects, settings) -> int:
     wf = init_qsmprep_wf(subjects, bids_dir=bids_dir, staging_dir=staging_dir,
                          work_dir=work_dir, options=options)
     plugin, plugin_args = _plugin(settings)
+    if plugin in ('SLURM', 'SLURMGraph', 'SGE', 'SGEGraph', 'PBS', 'PBSGraph'):
+        import getpass
+
+        os.environ.setdefault('LOGNAME', getpass.getuser())  # nipype's cluster plugins read it
     LOGGER.info('Running %d subject(s) with %s (work dir %s)', len(subjects), plugin, work_dir)
     t0 = time.time()
     try:
