@@ -51,16 +51,15 @@ def _panel(rows, titles, *, cmap='gray', vlim=None, contours=None, rgb=False):
         cont = _slices(contours[r]) if contours is not None and contours[r] is not None else None
         for c, sl in enumerate(_slices(vol) if not rgb else _rgb_slices(vol)):
             ax = axes[r, c]
-            kw = {} if rgb else {'cmap': cmap, 'vmin': -lim if lim else None,
-                                 'vmax': lim if lim else None}
-            if cmap == 'gray' and not rgb:
-                kw = {'cmap': 'gray'}
+            # magnitude panels (no limit) are auto-scaled; maps get symmetric ±lim
+            lo, hi = (lim if isinstance(lim, tuple) else (-lim, lim)) if lim else (None, None)
+            kw = {} if rgb else {'cmap': cmap, 'vmin': lo, 'vmax': hi}
             im = ax.imshow(sl, interpolation='nearest', **kw)
             if cont is not None:
                 ax.contour(cont[c], levels=[0.5], colors='r', linewidths=0.7)
             ax.set_axis_off()
         axes[r, 0].set_title(title, fontsize=8, loc='left')
-        if not rgb and cmap != 'gray':
+        if not rgb and lim:
             fig.colorbar(im, ax=axes[r, 2], fraction=0.046, label='ppm')
     return _png(fig)
 
@@ -184,16 +183,19 @@ def generate_report(deriv_root, subject, *, bids_dir, options) -> Path:
         if orient.exists():
             info = json.loads(orient.read_text())
             cond = info.get('condition_number')
-            cond_text = (f"cond(AᵀA) median {cond['median']:.3g}" if isinstance(cond, dict)
+            cond_text = (f"STI condition number cond(A), median over k: {cond['median']:.3g}"
+                         if isinstance(cond, dict)
                          and 'median' in cond else 'STI not run (< 6 orientations)')
             body = img(_sphere(info['b0_directions'], cond_text), 'orientations')
             warn = ''.join(f'<p class="warn">{html.escape(w)}</p>' for w in info['warnings'])
             section('Orientation set', body + f'<p>{html.escape(cond_text)}</p>' + warn)
         maps, mtitles, lims = [], [], []
-        for key, lim in (('cosmos', 0.15), ('chi33', 0.15), ('mms', 0.15), ('msa', 0.05)):
+        for key, lim in (('cosmos', 0.15), ('chi33', 0.15), ('mms', 0.15), ('msa', None)):
             f = anat / f'{sp}_desc-{key}_Chimap.nii.gz'
             if f.exists():
                 maps.append(_load(f)[0])
+                if lim is None:  # anisotropy is >= 0: show 0 .. 99th percentile
+                    lim = (0.0, float(np.percentile(maps[-1][maps[-1] != 0], 99) or 0.05))
                 mtitles.append(key.upper())
                 lims.append(lim)
         if maps:
