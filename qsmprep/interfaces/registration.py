@@ -13,17 +13,24 @@ from nipype.interfaces.base import (
 )
 
 
-def _write_xfm(world, reference_file, prefix):
-    """Save a moving→reference world transform as 4×4 text and as an ITK transform."""
+def _store_registration(results, world, moving_file, reference_file):
+    """Save a moving→reference world transform (4×4 text and ITK) and the moving image
+    resampled onto the reference grid into the interface ``results``."""
     import numpy as np
     from nitransforms.linear import Affine
 
-    txt = os.path.abspath(f'{prefix}_world.txt')
+    from qsmprep.utils.images import load, resample, save
+
+    txt = os.path.abspath('xfm_world.txt')
     np.savetxt(txt, world, fmt='%.10f', header='RAS+ world transform moving -> reference')
-    itk = os.path.abspath(f'{prefix}_itk.txt')
+    itk = os.path.abspath('xfm_itk.txt')
     # nitransforms (like ITK) stores the pull transform: reference points -> moving points.
     Affine(np.linalg.inv(world), reference=reference_file).to_filename(itk, fmt='itk')
-    return txt, itk
+    fix, faff, _ = load(reference_file)
+    mov, maff, _ = load(moving_file)
+    results['out_xfm'], results['out_itk'] = txt, itk
+    results['out_file'] = save(resample(mov, maff, faff, fix.shape, world_xfm=world), faff,
+                               os.path.abspath('registered.nii.gz'))
 
 
 class _RegisterInputSpec(BaseInterfaceInputSpec):
@@ -50,21 +57,18 @@ class SimpleITKRigid(SimpleInterface):
         import numpy as np
         from nipype.interfaces.base import isdefined
 
-        from qsmprep.utils.images import load, resample, save
+        from qsmprep.utils.images import load
         from qsmprep.utils.registration import sitk_rigid
 
-        fix, faff, _ = load(self.inputs.fixed)
-        mov, maff, _ = load(self.inputs.moving)
         if self.inputs.identity:
             world = np.eye(4)
         else:
+            fix, faff, _ = load(self.inputs.fixed)
+            mov, maff, _ = load(self.inputs.moving)
             fmask = load(self.inputs.fixed_mask)[0] > 0 if isdefined(
                 self.inputs.fixed_mask) else None
             world, _ = sitk_rigid(fix, faff, mov, maff, fixed_mask=fmask)
-        self._results['out_xfm'], self._results['out_itk'] = _write_xfm(
-            world, self.inputs.fixed, 'xfm')
-        self._results['out_file'] = save(resample(mov, maff, faff, fix.shape, world_xfm=world),
-                                         faff, os.path.abspath('registered.nii.gz'))
+        _store_registration(self._results, world, self.inputs.moving, self.inputs.fixed)
         return runtime
 
 
@@ -81,16 +85,10 @@ class FlirtToWorld(SimpleInterface):
     output_spec = _RegisterOutputSpec
 
     def _run_interface(self, runtime):
-        from qsmprep.utils.images import load, resample, save
         from qsmprep.utils.registration import flirt_to_world
 
         world = flirt_to_world(self.inputs.in_matrix, self.inputs.moving, self.inputs.fixed)
-        self._results['out_xfm'], self._results['out_itk'] = _write_xfm(
-            world, self.inputs.fixed, 'xfm')
-        fix, faff, _ = load(self.inputs.fixed)
-        mov, maff, _ = load(self.inputs.moving)
-        self._results['out_file'] = save(resample(mov, maff, faff, fix.shape, world_xfm=world),
-                                         faff, os.path.abspath('registered.nii.gz'))
+        _store_registration(self._results, world, self.inputs.moving, self.inputs.fixed)
         return runtime
 
 

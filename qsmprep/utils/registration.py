@@ -34,16 +34,6 @@ def _transform_to_matrix(tx) -> np.ndarray:
     return M
 
 
-def _rotation(axis, deg):
-    t = np.deg2rad(deg)
-    c, s = np.cos(t), np.sin(t)
-    i, j = [(1, 2), (0, 2), (0, 1)][axis]
-    R = np.eye(3)
-    R[i, i] = R[j, j] = c
-    R[i, j], R[j, i] = -s, s
-    return R
-
-
 def sitk_rigid(fixed, fixed_affine, moving, moving_affine, *, fixed_mask=None,
                seed: int = 1, search_angles=(0.0, -30.0, 30.0), iterations: int = 200,
                refine: int = 2):

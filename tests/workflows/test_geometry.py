@@ -6,18 +6,13 @@ import numpy as np
 import pytest
 
 from qsmprep.numerics.dipole import b0_direction_from_affine
+from qsmprep.simulate.acquisition import rotation_about
 from qsmprep.utils.images import b0_in_reference, resample
 from qsmprep.utils.registration import flirt_to_world, sitk_rigid
 
 
 def _rot(axis, deg):
-    t = np.deg2rad(deg)
-    c, s = np.cos(t), np.sin(t)
-    i, j = [(1, 2), (0, 2), (0, 1)][axis]
-    R = np.eye(3)
-    R[i, i] = R[j, j] = c
-    R[i, j], R[j, i] = -s, s
-    return R
+    return rotation_about(np.eye(3)[axis], deg)
 
 
 def _fsl_scaled_voxel(affine, shape):
