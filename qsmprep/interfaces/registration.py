@@ -133,3 +133,36 @@ class ResampleToReference(SimpleInterface):
         self._results['b0_direction'] = b0_in_reference(
             self.inputs.b0_direction, naff, raff, world).tolist()
         return runtime
+
+
+class _MaskFromRefInputSpec(BaseInterfaceInputSpec):
+    in_mask = File(exists=True, mandatory=True, desc='brain mask on the reference grid')
+    in_xfm = File(exists=True, mandatory=True, desc='world transform native -> reference')
+    native = File(exists=True, mandatory=True, desc='an image on the native grid')
+
+
+class _MaskFromRefOutputSpec(TraitedSpec):
+    out_mask = File(exists=True, desc='the brain mask on the native grid')
+
+
+class MaskFromReference(SimpleInterface):
+    """Carry the reference orientation's brain mask onto another orientation's grid.
+
+    One brain extraction per subject instead of one per orientation, and the same brain
+    support in every orientation (what COSMOS/STI combine anyway).
+    """
+
+    input_spec = _MaskFromRefInputSpec
+    output_spec = _MaskFromRefOutputSpec
+
+    def _run_interface(self, runtime):
+        import numpy as np
+
+        from qsmprep.utils.images import load, resample_mask, save
+
+        mask, raff, _ = load(self.inputs.in_mask)
+        native, naff, _ = load(self.inputs.native)
+        world = np.loadtxt(self.inputs.in_xfm)
+        out = resample_mask(mask > 0, raff, naff, native.shape[:3], world_xfm=np.linalg.inv(world))
+        self._results['out_mask'] = save(out, naff, os.path.abspath('brain_mask.nii.gz'))
+        return runtime

@@ -92,7 +92,12 @@ def _sphere(b0, cond_text) -> str:
 
 
 def _registration_rows(anat, subject, bids_dir):
-    """Reference magnitude with each registered orientation's mask contour."""
+    """Reference magnitude with the outline of each registered orientation's magnitude.
+
+    The outline (30 % of the moving image's 99th percentile) is drawn from the raw first-echo
+    magnitude of the other orientation pulled through the saved transform, so misregistration
+    shows as an outline that does not follow the reference head.
+    """
     from nitransforms.linear import Affine
 
     from qsmprep.utils.images import resample
@@ -105,15 +110,14 @@ def _registration_rows(anat, subject, bids_dir):
             continue
         xfm = anat / (f'{subject.prefix}_from-{ori.space_label}_to-{ref.space_label}'
                       '_mode-image_xfm.txt')
-        mask_file = anat / f'{ori.prefix}_space-orig_desc-brain_mask.nii.gz'
-        if not xfm.exists() or not mask_file.exists():
+        if not xfm.exists():
             continue
         pull = Affine.from_filename(str(xfm), fmt='itk').matrix  # reference -> moving
-        mask, maff = _load(mask_file)
-        reg = resample(mask, maff, ref_aff, ref_mag.shape, world_xfm=np.linalg.inv(pull))
+        mag, maff = _load(ori.echoes[0].magnitude)
+        reg = resample(mag, maff, ref_aff, ref_mag.shape, world_xfm=np.linalg.inv(pull))
         rows.append(ref_mag)
-        titles.append(f'{ori.label} mask registered onto {ref.label}')
-        conts.append(reg > 0.5)
+        titles.append(f'{ori.label} magnitude outline on {ref.label}')
+        conts.append(reg > 0.3 * np.percentile(mag, 99))
     return rows, titles, conts
 
 
@@ -176,7 +180,7 @@ def generate_report(deriv_root, subject, *, bids_dir, options) -> Path:
     if len(subject.orientations) >= 2:
         rows_r, titles_r, conts = _registration_rows(anat, subject, bids_dir)
         if rows_r:
-            section('Registration check (reference magnitude, registered mask contours)',
+            section('Registration check (reference magnitude, registered magnitude outlines)',
                     img(_panel(rows_r, titles_r, contours=conts), 'registration'))
         sp = f'{subject.prefix}_space-{subject.reference_orientation.space_label}'
         orient = anat / f'{sp}_desc-orientations_qsmprep.json'

@@ -10,7 +10,7 @@ from nipype.pipeline import engine as pe
 from qsmprep import __version__
 from qsmprep.interfaces.bids import DerivativesSink
 from qsmprep.interfaces.qsm import ApparentSusceptibility, MultiOrientation
-from qsmprep.interfaces.registration import ResampleToReference
+from qsmprep.interfaces.registration import MaskFromReference, ResampleToReference
 from qsmprep.workflows.orientation import init_orientation_wf
 from qsmprep.workflows.registration import init_registration_wf
 
@@ -37,7 +37,7 @@ def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python
                            mask_erosion=2, registration='sitk', unwrapping='wrapped-difference',
                            echo_combination='auto', vsharp_radii=None,
                            vsharp_threshold=0.05, tkd_threshold=0.15, sti_regularization=0.3,
-                           name=None):
+                           model=None, name=None):
     """Process all orientations of one subject (and session).
 
     Parameters
@@ -50,6 +50,9 @@ def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python
         subject finished, so a failed run leaves nothing half-written there).
     bids_dir : path
         Raw dataset (for the ``Sources`` BIDS URIs).
+    model : path, optional
+        Trained deep-learning model folder (``--model``): adds a χ map per orientation,
+        ``desc-<model name>_Chimap`` (:class:`~qsmprep.interfaces.dl.PredictChimap`).
 
     The graph: one :func:`~qsmprep.workflows.orientation.init_orientation_wf` per
     orientation; with ≥ 2 orientations each first-echo magnitude is registered to the
@@ -86,11 +89,15 @@ def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python
         combination = echo_combination
         if combination == 'auto':
             combination = 'linear-fit' if ori.n_echoes >= 2 else 'average'
+        # with several orientations, only the reference is skull-stripped; the others get
+        # its mask through their registration (MaskFromReference below)
+        mask_from_ref = n >= MIN_COSMOS and ori is not ref and not ori.user_mask
         owf = init_orientation_wf(
             echo_times=ori.echo_times, field_strength=ori.field_strength,
             b0_direction=ori.b0_direction, phase_units=ori.phase_units,
             phase_range=ori.phase_range,
-            mask_method='user' if ori.user_mask else mask_method, mask_erosion=mask_erosion,
+            mask_method='user' if ori.user_mask or mask_from_ref else mask_method,
+            mask_erosion=mask_erosion,
             unwrapping=unwrapping, echo_combination=combination,
             vsharp_radii=vsharp_radii, vsharp_threshold=vsharp_threshold,
             tkd_threshold=tkd_threshold, name=f'orientation_{tag}_wf')
@@ -118,6 +125,16 @@ def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python
              {**meta, 'Units': 'ppm',
               'EstimationAlgorithm': f'TKD (threshold {tkd_threshold}), demeaned in mask'},
              owf, 'outputnode.chimap')
+        if model:  # --- deep-learning inference (qsmprep.interfaces.dl; TF inside the node)
+            from qsmprep.interfaces.dl import PredictChimap, model_description
+
+            dl_desc, dl_text = model_description(model)
+            predict = pe.Node(PredictChimap(model=str(model), b0_direction=list(
+                ori.b0_direction)), name=f'predict_{tag}')
+            wf.connect([(owf, predict, [('outputnode.local_field', 'in_file'),
+                                        ('outputnode.local_mask', 'in_mask')])])
+            sink(f'ds_chimap_{dl_desc}_{tag}', f'{p}_desc-{dl_desc}_Chimap.nii.gz',
+                 {**meta, 'Units': 'ppm', 'EstimationAlgorithm': dl_text}, predict, 'out_file')
         if n < MIN_COSMOS:
             continue
         reg_wf = init_registration_wf(method=registration, is_reference=ori is ref,
@@ -125,8 +142,12 @@ def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python
         rs = pe.Node(ResampleToReference(b0_direction=list(ori.b0_direction)),
                      name=f'to_reference_{tag}')
         to_ref.append(rs)
+        # registration reads the raw first-echo magnitudes directly, so that it does not
+        # depend on the orientation workflow (whose brain mask may come from it)
+        reg_wf.inputs.inputnode.moving = str(ori.echoes[0].magnitude)
+        reg_wf.inputs.inputnode.fixed = str(ref.echoes[0].magnitude)
+        rs.inputs.reference = str(ref.echoes[0].magnitude)
         wf.connect([
-            (owf, reg_wf, [('outputnode.first_echo', 'inputnode.moving')]),
             (reg_wf, rs, [('outputnode.xfm', 'in_xfm')]),
             (owf, rs, [('outputnode.local_field', 'in_file'),
                        ('outputnode.local_mask', 'in_mask')]),
@@ -143,12 +164,17 @@ def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python
 
     ref_wf = ori_wfs[oris.index(ref)]
     for i, ori in enumerate(oris):
-        reg_wf = wf.get_node(f'registration_{_safe(ori.label)}_wf')
-        wf.connect([
-            (ref_wf, reg_wf, [('outputnode.first_echo', 'inputnode.fixed'),
-                              ('outputnode.brain_mask', 'inputnode.fixed_mask')]),
-            (ref_wf, to_ref[i], [('outputnode.first_echo', 'reference')]),
-        ])  # fmt: skip
+        tag = _safe(ori.label)
+        reg_wf = wf.get_node(f'registration_{tag}_wf')
+        wf.connect(ref_wf, 'outputnode.brain_mask', reg_wf, 'inputnode.fixed_mask')
+        if ori is not ref and not ori.user_mask:
+            carry = pe.Node(MaskFromReference(native=str(ori.echoes[0].magnitude)),
+                            name=f'mask_from_reference_{tag}')
+            wf.connect([
+                (ref_wf, carry, [('outputnode.brain_mask', 'in_mask')]),
+                (reg_wf, carry, [('outputnode.xfm', 'in_xfm')]),
+                (carry, ori_wfs[i], [('out_mask', 'inputnode.user_mask')]),
+            ])  # fmt: skip
 
     multi = pe.Node(MultiOrientation(reference_b0=list(ref.b0_direction),
                                      sti_regularization=sti_regularization),
