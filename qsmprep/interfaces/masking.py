@@ -36,7 +36,7 @@ class PythonBET(SimpleInterface):
         data, affine, _ = load(self.inputs.in_file)
         mask = python_bet(data, affine, frac=self.inputs.frac,
                           iterations=self.inputs.iterations)
-        self._results['out_mask'] = save(mask, affine, os.path.abspath('brain_mask.nii.gz'))
+        self._results['out_mask'] = save(mask, affine, os.path.abspath('brain_mask.nii'))
         return runtime
 
 
@@ -59,5 +59,5 @@ class ErodeMask(SimpleInterface):
         mask = mask > 0
         if self.inputs.voxels > 0:
             mask = erode_mask(mask, voxels=self.inputs.voxels)
-        self._results['out_mask'] = save(mask, affine, os.path.abspath('eroded_mask.nii.gz'))
+        self._results['out_mask'] = save(mask, affine, os.path.abspath('eroded_mask.nii'))
         return runtime

@@ -58,9 +58,9 @@ class StackEchoes(SimpleInterface):
                 p = rescale_arbitrary_phase(p, vmin, vmax, integer=bool(np.all(p == np.round(p))))
             phases.append(wrap_phase(p).astype(np.float32))
         mag, phase = np.stack(mags, -1), np.stack(phases, -1)
-        self._results['magnitude'] = save(mag, affine, _out('magnitude.nii.gz'))
-        self._results['phase'] = save(phase, affine, _out('phase.nii.gz'))
-        self._results['first_echo'] = save(mag[..., 0], affine, _out('first_echo.nii.gz'))
+        self._results['magnitude'] = save(mag, affine, _out('magnitude.nii'))
+        self._results['phase'] = save(phase, affine, _out('phase.nii'))
+        self._results['first_echo'] = save(mag[..., 0], affine, _out('first_echo.nii'))
         return runtime
 
 
@@ -94,7 +94,7 @@ class UnwrapPhase(SimpleInterface):
         out = np.stack([laplacian_unwrap(phase[..., e], voxel_size=vs, mask=mask,
                                          method=self.inputs.method)
                         for e in range(phase.shape[-1])], -1)
-        self._results['out_file'] = save(out, affine, _out('unwrapped.nii.gz'))
+        self._results['out_file'] = save(out, affine, _out('unwrapped.nii'))
         return runtime
 
 
@@ -129,7 +129,7 @@ class CombineEchoes(SimpleInterface):
         mask = load(self.inputs.in_mask)[0] > 0 if isdefined(self.inputs.in_mask) else None
         field = combine_echoes(phase, self.inputs.echo_times, self.inputs.field_strength,
                                method=self.inputs.method, magnitude=mag, mask=mask)
-        self._results['out_file'] = save(field, affine, _out('total_field.nii.gz'))
+        self._results['out_file'] = save(field, affine, _out('total_field.nii'))
         return runtime
 
 
@@ -160,6 +160,6 @@ class VSharp(SimpleInterface):
         mask = load(self.inputs.in_mask)[0] > 0
         local, final = vsharp(field, mask, voxel_size=voxel_sizes(affine),
                               radii=self.inputs.radii, threshold=self.inputs.threshold)
-        self._results['out_file'] = save(local, affine, _out('local_field.nii.gz'))
-        self._results['out_mask'] = save(final, affine, _out('local_mask.nii.gz'))
+        self._results['out_file'] = save(local, affine, _out('local_field.nii'))
+        self._results['out_mask'] = save(final, affine, _out('local_mask.nii'))
         return runtime

@@ -41,7 +41,7 @@ class DipoleInversion(SimpleInterface):
         chi = tkd(field, voxel_size=voxel_sizes(affine), b0_direction=self.inputs.b0_direction,
                   threshold=self.inputs.threshold, mask=mask)
         chi[mask] -= chi[mask].mean()
-        self._results['out_file'] = save(chi * mask, affine, os.path.abspath('chi_tkd.nii.gz'))
+        self._results['out_file'] = save(chi * mask, affine, os.path.abspath('chi_tkd.nii'))
         return runtime
 
 
@@ -103,14 +103,14 @@ class MultiOrientation(SimpleInterface):
         def out(name):
             return os.path.abspath(name)
 
-        self._results['out_mask'] = save(mask, affine, out('common_mask.nii.gz'))
+        self._results['out_mask'] = save(mask, affine, out('common_mask.nii'))
         if n >= 2:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter('always')
                 chi = cosmos(fields, b0, voxel_size=vs, mask=mask)
             report['warnings'] += [str(w.message) for w in caught]
             chi[mask] -= chi[mask].mean()
-            self._results['cosmos'] = save(chi * mask, affine, out('cosmos.nii.gz'))
+            self._results['cosmos'] = save(chi * mask, affine, out('cosmos.nii'))
         if n >= 6:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter('always')
@@ -129,12 +129,12 @@ class MultiOrientation(SimpleInterface):
             iso = tensor[..., [0, 3, 5]].mean(-1)[mask].mean()  # remove the undefined mean
             tensor[..., [0, 3, 5]] -= iso
             tensor *= mask[..., None]
-            self._results['tensor'] = save(tensor, affine, out('tensor.nii.gz'))
+            self._results['tensor'] = save(tensor, affine, out('tensor.nii'))
             chi33 = fit.chi_along(self.inputs.reference_b0) - iso
-            self._results['chi33'] = save(chi33 * mask, affine, out('chi33.nii.gz'))
-            self._results['mms'] = save((fit.mms - iso) * mask, affine, out('mms.nii.gz'))
-            self._results['msa'] = save(fit.msa * mask, affine, out('msa.nii.gz'))
-            self._results['pev'] = save(fit.pev * mask[..., None], affine, out('pev.nii.gz'))
+            self._results['chi33'] = save(chi33 * mask, affine, out('chi33.nii'))
+            self._results['mms'] = save((fit.mms - iso) * mask, affine, out('mms.nii'))
+            self._results['msa'] = save(fit.msa * mask, affine, out('msa.nii'))
+            self._results['pev'] = save(fit.pev * mask[..., None], affine, out('pev.nii'))
         report_file = out('multi_orientation.json')
         with open(report_file, 'w') as fh:
             json.dump(report, fh, indent=2)
@@ -176,5 +176,5 @@ class ApparentSusceptibility(SimpleInterface):
         world = np.loadtxt(self.inputs.in_xfm)
         # pull from reference into native: native world -> reference world is `world`
         out = resample(chi, raff, naff, native.shape[:3], world_xfm=np.linalg.inv(world))
-        self._results['out_file'] = save(out * nmask, naff, os.path.abspath('apparent.nii.gz'))
+        self._results['out_file'] = save(out * nmask, naff, os.path.abspath('apparent.nii'))
         return runtime

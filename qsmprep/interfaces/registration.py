@@ -30,7 +30,7 @@ def _store_registration(results, world, moving_file, reference_file):
     mov, maff, _ = load(moving_file)
     results['out_xfm'], results['out_itk'] = txt, itk
     results['out_file'] = save(resample(mov, maff, faff, fix.shape, world_xfm=world), faff,
-                               os.path.abspath('registered.nii.gz'))
+                               os.path.abspath('registered.nii'))
 
 
 class _RegisterInputSpec(BaseInterfaceInputSpec):
@@ -128,8 +128,8 @@ class ResampleToReference(SimpleInterface):
         weight = resample(mask.astype(np.float32), naff, raff, shape, world_xfm=world, order=1)
         rmask = weight > 0.5
         out = np.divide(out, weight, out=np.zeros_like(out), where=rmask)
-        self._results['out_file'] = save(out, raff, os.path.abspath('field_ref.nii.gz'))
-        self._results['out_mask'] = save(rmask, raff, os.path.abspath('mask_ref.nii.gz'))
+        self._results['out_file'] = save(out, raff, os.path.abspath('field_ref.nii'))
+        self._results['out_mask'] = save(rmask, raff, os.path.abspath('mask_ref.nii'))
         self._results['b0_direction'] = b0_in_reference(
             self.inputs.b0_direction, naff, raff, world).tolist()
         return runtime
@@ -164,5 +164,5 @@ class MaskFromReference(SimpleInterface):
         native, naff, _ = load(self.inputs.native)
         world = np.loadtxt(self.inputs.in_xfm)
         out = resample_mask(mask > 0, raff, naff, native.shape[:3], world_xfm=np.linalg.inv(world))
-        self._results['out_mask'] = save(out, naff, os.path.abspath('brain_mask.nii.gz'))
+        self._results['out_mask'] = save(out, naff, os.path.abspath('brain_mask.nii'))
         return runtime
