@@ -27,5 +27,4 @@ autodoc_mock_imports = ['tensorflow', 'keras']
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 html_theme = 'alabaster'
-html_static_path = ['_static']
 suppress_warnings = ['myst.header']
