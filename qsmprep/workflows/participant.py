@@ -42,6 +42,7 @@ def workflow_options(settings) -> dict:
         'vsharp_threshold': float(_get(settings, 'vsharp_threshold', 0.05)),
         'tkd_threshold': float(_get(settings, 'tkd_threshold', 0.15)),
         'sti_regularization': float(_get(settings, 'sti_regularization', 0.3)),
+        'model': str(_get(settings, 'model')) if _get(settings, 'model') else None,
     }
 
 

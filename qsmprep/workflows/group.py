@@ -1,0 +1,161 @@
+"""Group level: build a training dataset from the participant derivatives and train a model.
+
+``qsmprep bids_dir output_dir group`` calls :func:`run_group`.  The learning options are
+read from the settings with ``getattr`` and these defaults (the command-line flags are
+``--dl-<name>`` with dashes):
+
+=====================  ================  ==============================================
+setting                default           meaning
+=====================  ================  ==============================================
+``dl_model``           ``'modl'``        ``modl`` (3D patches), ``swin`` (2D slices),
+                                         ``fcn`` (stand-in)
+``dl_source``          ``'derivatives'`` or ``'simulate-truth'`` (reads ``--derivatives``,
+                                         the simulator's ``derivatives/qsmprep-simulate``)
+``dl_epochs``          10
+``dl_steps_per_epoch`` None              one pass over the training samples
+``dl_batch_size``      2
+``dl_learning_rate``   1e-3
+``dl_lr_schedule``     ``'cosine'``
+``dl_patch_size``      48 (3D) / 128 (2D)
+``dl_seed``            0
+``dl_model_params``    ``{}``            builder keyword arguments (JSON)
+``dl_validation``      0.2               fraction of subjects held out
+``dl_checkpoint_every`` 200              steps
+``resume``             False             continue from the last checkpoint (also
+                                         ``dl_resume``; starts afresh when there is none)
+``dl_name``            the model kind    model folder name under ``models/``
+=====================  ================  ==============================================
+
+The dataset (shards) is written under ``<work_dir>/dl_dataset/<kind>`` and reused when its
+settings match; the model goes to ``<derivatives>/models/<name>/`` (``model.keras``,
+``model.json``, logs, checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+LOGGER = logging.getLogger('qsmprep')
+
+__all__ = ['dataset_options', 'run_group', 'training_config']
+
+
+def _get(settings, name, default=None):
+    value = getattr(settings, name, None)
+    return default if value is None else value
+
+
+def dataset_options(settings) -> dict:
+    """Keyword arguments of :func:`qsmprep.dl.data.build_dataset` from the settings."""
+    model = _get(settings, 'dl_model', 'modl')
+    kind = 'slice2d' if model == 'swin' else 'patch3d'
+    size = _get(settings, 'dl_patch_size', 48 if kind == 'patch3d' else 128)
+    opts = {'kind': kind, 'source': _get(settings, 'dl_source', 'derivatives'),
+            'seed': int(_get(settings, 'dl_seed', 0)),
+            'validation_fraction': float(_get(settings, 'dl_validation', 0.2)),
+            'subjects': (list(settings.participant_labels)
+                         if getattr(settings, 'participant_labels', None) else None)}
+    if kind == 'patch3d':
+        opts['patch_shape'] = [int(size)] * 3
+        opts['channels'] = 2 if model == 'modl' else 1
+    else:
+        opts['crop'] = [int(size)] * 2
+    return opts
+
+
+def training_config(settings):
+    """:class:`qsmprep.dl.config.TrainConfig` from the settings."""
+    from qsmprep.dl.config import TrainConfig
+
+    params = _get(settings, 'dl_model_params', {})
+    if isinstance(params, str):
+        params = json.loads(params)
+    return TrainConfig(
+        model=_get(settings, 'dl_model', 'modl'), model_params=dict(params),
+        epochs=int(_get(settings, 'dl_epochs', 10)),
+        steps_per_epoch=_get(settings, 'dl_steps_per_epoch', None),
+        batch_size=int(_get(settings, 'dl_batch_size', 2)),
+        learning_rate=float(_get(settings, 'dl_learning_rate', 1e-3)),
+        lr_schedule=_get(settings, 'dl_lr_schedule', 'cosine'),
+        seed=int(_get(settings, 'dl_seed', 0)),
+        checkpoint_every=int(_get(settings, 'dl_checkpoint_every', 200)))
+
+
+def _same_dataset(manifest_path: Path, opts: dict, pairs) -> bool:
+    if not manifest_path.is_file():
+        return False
+    m = json.loads(manifest_path.read_text())
+    geom = m.get('geometry', {})
+    same = (m.get('kind') == opts['kind'] and m.get('seed') == opts['seed']
+            and m.get('source') == opts['source']
+            and [s['field'] for s in m.get('sources', [])] == [p.field for p in pairs]
+            and m.get('split', {}).get('validation_fraction') == opts['validation_fraction'])
+    if opts['kind'] == 'patch3d':
+        same &= (geom.get('patch_shape') == opts['patch_shape']
+                 and m.get('channels') == opts['channels'])
+    else:
+        same &= geom.get('crop') == opts['crop']
+    return bool(same)
+
+
+def run_group(settings) -> int:
+    """Dataset → training → model folder under the derivatives; returns an exit code."""
+    from qsmprep.dl.data import build_dataset, find_pairs
+    from qsmprep.io.errors import MissingInputError, UsageError
+    from qsmprep.workflows.participant import derivatives_root
+
+    deriv = derivatives_root(settings.output_dir)
+    opts = dataset_options(settings)
+    if opts['source'] == 'simulate-truth':
+        root = getattr(settings, 'derivatives', None)
+        if root is None:
+            raise UsageError('--dl-source simulate-truth needs --derivatives pointing at the '
+                             "simulator's derivatives/qsmprep-simulate folder")
+    else:
+        root = deriv
+    try:
+        pairs = find_pairs(root, source=opts['source'], subjects=opts['subjects'])
+    except FileNotFoundError as exc:
+        raise MissingInputError(str(exc), path=root,
+                                hint='run the participant level first') from None
+    if not pairs:
+        raise MissingInputError(
+            'no local field / apparent susceptibility pairs found', path=root,
+            hint='the participant level writes the training labels (desc-apparent_Chimap) '
+                 'only for subjects with >= 6 orientations')
+    cfg = training_config(settings)
+    work = Path(settings.work_dir) / 'dl_dataset' / opts['kind']
+    if _same_dataset(work / 'manifest.json', opts, pairs):
+        LOGGER.info('reusing the training dataset in %s', work)
+    else:
+        LOGGER.info('building the %s training dataset from %d orientation(s) in %s',
+                    opts['kind'], len(pairs), work)
+        if work.exists():  # ours: an older or half-written dataset (e.g. killed job)
+            shutil.rmtree(work)
+        build_dataset(work, pairs=pairs,
+                      **{k: v for k, v in opts.items() if k not in ('source', 'subjects')})
+    name = _get(settings, 'dl_name', cfg.model)
+    out = deriv / 'models' / name
+    bidsignore = deriv / '.bidsignore'
+    if bidsignore.is_file() and 'models/' not in bidsignore.read_text().split():
+        with open(bidsignore, 'a') as fh:
+            fh.write('models/\n')
+
+    from qsmprep.dl.train import TrainingInterrupted, train
+
+    try:
+        resume = bool(_get(settings, 'resume', False) or _get(settings, 'dl_resume', False))
+        meta = train(work, out, cfg, resume=resume,
+                     threads=getattr(settings, 'omp_nthreads', None))
+    except TrainingInterrupted as exc:
+        LOGGER.warning('%s', exc)
+        return 128 + exc.signum if exc.signum else 75
+    except FileExistsError as exc:
+        raise UsageError(str(exc), path=out,
+                         hint='pass --resume to continue, or --dl-name for a new model') \
+            from None
+    LOGGER.info('model written to %s (validation: %s)', out, meta.get('metrics'))
+    return 0
