@@ -63,6 +63,7 @@ from qsmprep.numerics.forward import (
     rotate_tensor,
     tensor_forward,
 )
+from qsmprep.numerics.unwrap import wrap_phase  # (−π, π], one helper for the project
 from qsmprep.simulate.phantom import AIR_CHI, Phantom
 
 __all__ = ['AcquisitionFields', 'Geometry', 'arbitrary_to_phase', 'design_condition',
@@ -692,17 +693,6 @@ def gre_signal(field, pd, r2star, *, echo_times, field_strength, phase_offset=No
         else:
             phase = wrap_phase(phase)
         yield mag.astype(np.float32, copy=False), phase.astype(np.float32, copy=False)
-
-
-def wrap_phase(phase):
-    """Wrap to (−π, π]: ``π − ((π − φ) mod 2π)``.
-
-    >>> wrap_phase(np.array([np.pi, -np.pi, 3 * np.pi / 2, 0.5])).round(6).tolist()
-    [3.141593, 3.141593, -1.570796, 0.5]
-    """
-    phase = np.asarray(phase)
-    pi = phase.dtype.type(np.pi) if phase.dtype.kind == 'f' else np.pi
-    return pi - np.mod(pi - phase, 2 * pi)
 
 
 def phase_to_arbitrary(phase):
