@@ -31,6 +31,11 @@ def default_nprocs() -> int:
 
 _PATHS = ('bids_dir', 'output_dir', 'work_dir', 'derivatives', 'model', 'plugin_file')
 _TUPLES = ('participant_labels', 'session_labels', 'vsharp_radii')
+#: Group-level (training) options, same name in the argparse namespace and here.
+_TRAINING = ('resume', 'dl_model', 'dl_source', 'dl_epochs', 'dl_steps_per_epoch',
+             'dl_batch_size', 'dl_learning_rate', 'dl_lr_schedule', 'dl_patch_size',
+             'dl_validation', 'dl_seed', 'dl_checkpoint_every', 'dl_mixed_precision',
+             'dl_model_params', 'dl_name')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +84,21 @@ class Settings:
     sti_regularization: float = 0.3
     registration: str = 'auto'
     model: Path | None = None
+    resume: bool = False
+    dl_model: str = 'modl'
+    dl_source: str = 'derivatives'
+    dl_epochs: int = 10
+    dl_steps_per_epoch: int | None = None
+    dl_batch_size: int = 2
+    dl_learning_rate: float = 1e-3
+    dl_lr_schedule: str = 'cosine'
+    dl_patch_size: int | None = None
+    dl_validation: float = 0.2
+    dl_seed: int = 0
+    dl_checkpoint_every: int = 200
+    dl_mixed_precision: str = 'auto'
+    dl_model_params: dict[str, Any] | None = None
+    dl_name: str | None = None
     version: str = __version__
     run_uuid: str = dataclasses.field(
         default_factory=lambda: f'{datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4()}'
@@ -129,6 +149,7 @@ class Settings:
             sti_regularization=ns.sti_regularization,
             registration=ns.registration,
             model=absolute(ns.model),
+            **{name: getattr(ns, name) for name in _TRAINING if hasattr(ns, name)},
         )
 
     def nipype_plugin(self) -> tuple[str, dict[str, Any]]:

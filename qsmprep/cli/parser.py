@@ -208,8 +208,87 @@ def build_parser() -> argparse.ArgumentParser:
                    help='rigid registration of the orientations: FSL FLIRT, SimpleITK, or auto '
                         '(FLIRT when on PATH)')
     g.add_argument('--model', type=Path, metavar='PATH',
-                   help='trained model for deep-learning inference')
+                   help='trained model folder (model.keras + model.json, written by the group '
+                        'level) for deep-learning inference: adds a desc-<model>_Chimap per '
+                        'orientation')
+
+    g = p.add_argument_group(
+        'Group level (training)',
+        'Build a training dataset from the participant derivatives and train a model into '
+        '<output_dir>/models/<name>/ (see the learning page of the documentation).')
+    g.add_argument('--resume', action='store_true',
+                   help='continue training from the newest checkpoint of the model folder '
+                        '(with the same optimizer state); starts afresh when there is none. '
+                        'Use it in batch jobs that are requeued across time limits')
+    g.add_argument('--dl-model', choices=['modl', 'swin', 'fcn'], default='modl',
+                   help='modl: MoDL-QSM on 3D patches; swin: Swin-UNet on 2D slices; fcn: a '
+                        'small fully convolutional baseline on 3D patches')
+    g.add_argument('--dl-source', choices=['derivatives', 'simulate-truth'],
+                   default='derivatives',
+                   help='training pairs from the participant derivatives (local field -> '
+                        'apparent susceptibility of the multi-orientation fit), or from the '
+                        "simulator's ground truth (needs --derivatives pointing at "
+                        'derivatives/qsmprep-simulate)')
+    g.add_argument('--dl-epochs', type=_number(int, '--dl-epochs', low=1), default=10,
+                   metavar='N', help='training epochs (with --resume: the total to reach)')
+    g.add_argument('--dl-steps-per-epoch', type=_number(int, '--dl-steps-per-epoch', low=1),
+                   metavar='N', help='optimizer steps per epoch; default: one pass over the '
+                                     'training samples')
+    g.add_argument('--dl-batch-size', type=_number(int, '--dl-batch-size', low=1), default=2,
+                   metavar='N', help='samples per optimizer step')
+    g.add_argument('--dl-learning-rate', type=_number(float, '--dl-learning-rate', low=0,
+                                                      low_open=True),
+                   default=1e-3, metavar='LR', help='peak learning rate (Adam)')
+    g.add_argument('--dl-lr-schedule', choices=['cosine', 'constant', 'step', 'plateau'],
+                   default='cosine', help='learning-rate schedule')
+    g.add_argument('--dl-patch-size', type=_number(int, '--dl-patch-size', low=16),
+                   metavar='N', help='edge of the cubic 3D patches (default 48) or of the '
+                                     'square 2D slice crops (default 128), in voxels')
+    g.add_argument('--dl-validation', type=_number(float, '--dl-validation', low=0, high=1,
+                                                   high_open=True),
+                   default=0.2, metavar='FRACTION',
+                   help='fraction of the subjects held out for validation (never in training)')
+    g.add_argument('--dl-seed', type=_number(int, '--dl-seed', low=0), default=0, metavar='N',
+                   help='seed of the dataset sampling, weight initialisation and batch order '
+                        '(same seed, same result)')
+    g.add_argument('--dl-checkpoint-every', type=_number(int, '--dl-checkpoint-every', low=1),
+                   default=200, metavar='STEPS',
+                   help='optimizer steps between checkpoints (also written at every epoch end '
+                        'and on SIGTERM/SIGINT)')
+    g.add_argument('--dl-mixed-precision', choices=['auto', 'on', 'off'], default='auto',
+                   help='mixed precision (auto: on when training on a GPU)')
+    g.add_argument('--dl-model-params', type=_json_object, metavar='JSON',
+                   help='model hyper-parameters overriding the defaults, as a JSON object, '
+                        'e.g. \'{"iterations": 5, "width": 32}\'')
+    g.add_argument('--dl-name', type=_name, metavar='NAME',
+                   help='model folder name under <output_dir>/models/ (default: the model '
+                        'kind)')
     return p
+
+
+def _json_object(value: str) -> dict:
+    """argparse type: a JSON object (``--dl-model-params``).
+
+    >>> _json_object('{"iterations": 5}')
+    {'iterations': 5}
+    """
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f'--dl-model-params is not valid JSON ({exc.msg} at character {exc.pos}): '
+            f'{value!r}; quote it for the shell, e.g. \'{{"width": 32}}\'') from None
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(
+            f'--dl-model-params must be a JSON object ({{"name": value, ...}}); got {value!r}')
+    return data
+
+
+def _name(value: str) -> str:
+    if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]*', value):
+        raise argparse.ArgumentTypeError(
+            f'--dl-name {value!r}: use letters, digits, ".", "_" and "-" (a folder name)')
+    return value
 
 
 def load_plugin_file(path) -> tuple[str, dict]:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
-__all__ = ['edit_sidecar', 'make_megre_dataset', 'megre_path', 'rotation_affine']
+__all__ = ['edit_sidecar', 'make_megre_dataset', 'megre_path', 'rotation_affine',
+           'write_training_derivatives']
 
 _DELETE = object()
 
@@ -179,4 +181,57 @@ def make_megre_dataset(
                             meta['B0_dir'] = [float(x) for x in b0]
                         path.with_name(path.name.replace(ext, '.json')).write_text(
                             json.dumps(meta, indent=2))
+    return root
+
+
+TRAINING_SHAPE = (24, 24, 24)
+TRAINING_VOXEL = 2.0
+
+
+def _tilted_b0(tilt_deg, azimuth_deg):
+    t, a = np.deg2rad(tilt_deg), np.deg2rad(azimuth_deg)
+    return np.array([np.sin(t) * np.cos(a), np.sin(t) * np.sin(a), np.cos(t)])
+
+
+def _smooth_subject(rng, shape=TRAINING_SHAPE):
+    """Mask (ellipsoid) and a smooth random χ (ppm) inside it."""
+    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing='ij'))
+    mask = ((g[0] / 0.8) ** 2 + (g[1] / 0.85) ** 2 + (g[2] / 0.75) ** 2) <= 1.0
+    chi = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5) * 0.3
+    blobs = ndimage.gaussian_filter((rng.random(shape) > 0.995).astype(float), 1.0) * 2.0
+    chi = (chi + blobs) * mask
+    return mask, chi.astype(np.float32)
+
+
+def write_training_derivatives(root, *, subjects=3, orientations=2, seed=0, shape=TRAINING_SHAPE,
+                      source='derivatives'):
+    """qsmprep-style training derivatives of synthetic subjects, with exact physics.
+
+    Each orientation's local field is the dipole field
+    (:func:`qsmprep.numerics.forward.dipole_forward`) of a smooth random χ (ppm) inside an
+    ellipsoidal mask, for its own B0 direction, and its label (``desc-apparent_Chimap``) is that
+    χ (isotropic tissue: χ_app = χ).  ``source='simulate-truth'`` uses the simulator's mask
+    naming.  For tests and examples of the group level; returns ``root``.
+    """
+    from qsmprep.numerics.forward import dipole_forward
+
+    rng = np.random.default_rng(seed)
+    affine = np.diag([TRAINING_VOXEL, TRAINING_VOXEL, TRAINING_VOXEL, 1.0])
+    for s in range(1, subjects + 1):
+        mask, chi = _smooth_subject(rng, shape)
+        anat = root / f'sub-{s:02d}' / 'anat'
+        anat.mkdir(parents=True, exist_ok=True)
+        for o in range(1, orientations + 1):
+            b0 = _tilted_b0(15.0 * (o - 1), 40.0 * o)
+            field = dipole_forward(chi.astype(np.float64), TRAINING_VOXEL, b0, padding=8) * mask
+            p = f'sub-{s:02d}_acq-ori{o:02d}'
+            masks = ('_space-orig_desc-local_mask' if source == 'derivatives'
+                     else '_desc-brain_mask')
+            for suffix, data in (('_desc-local_field', field), (masks, mask),
+                                 ('_desc-apparent_Chimap', chi)):
+                dtype = np.uint8 if data.dtype == bool else np.float32
+                nib.Nifti1Image(data.astype(dtype), affine).to_filename(
+                    str(anat / f'{p}{suffix}.nii.gz'))
+            (anat / f'{p}_desc-local_field.json').write_text(json.dumps(
+                {'B0_dir': b0.tolist(), 'Units': 'ppm'}))
     return root

@@ -1,30 +1,32 @@
 """Group level: build a training dataset from the participant derivatives and train a model.
 
 ``qsmprep bids_dir output_dir group`` calls :func:`run_group`.  The learning options are
-read from the settings with ``getattr`` and these defaults (the command-line flags are
-``--dl-<name>`` with dashes):
+the ``--resume`` and ``--dl-*`` options of :func:`qsmprep.cli.parser.build_parser` (the
+fields ``resume`` and ``dl_*`` of :class:`qsmprep.cli.config.Settings`); they are read with
+``getattr`` and these defaults, so any object with those attributes can drive a run:
 
-=====================  ================  ==============================================
-setting                default           meaning
-=====================  ================  ==============================================
-``dl_model``           ``'modl'``        ``modl`` (3D patches), ``swin`` (2D slices),
-                                         ``fcn`` (stand-in)
-``dl_source``          ``'derivatives'`` or ``'simulate-truth'`` (reads ``--derivatives``,
-                                         the simulator's ``derivatives/qsmprep-simulate``)
-``dl_epochs``          10
-``dl_steps_per_epoch`` None              one pass over the training samples
-``dl_batch_size``      2
-``dl_learning_rate``   1e-3
-``dl_lr_schedule``     ``'cosine'``
-``dl_patch_size``      48 (3D) / 128 (2D)
-``dl_seed``            0
-``dl_model_params``    ``{}``            builder keyword arguments (JSON)
-``dl_validation``      0.2               fraction of subjects held out
-``dl_checkpoint_every`` 200              steps
-``resume``             False             continue from the last checkpoint (also
-                                         ``dl_resume``; starts afresh when there is none)
-``dl_name``            the model kind    model folder name under ``models/``
-=====================  ================  ==============================================
+=======================  ================  ============================================
+setting                  default           meaning
+=======================  ================  ============================================
+``dl_model``             ``'modl'``        ``modl`` (3D patches), ``swin`` (2D slices),
+                                           ``fcn`` (baseline, 3D patches)
+``dl_source``            ``'derivatives'`` or ``'simulate-truth'`` (reads ``--derivatives``,
+                                           the simulator's ``derivatives/qsmprep-simulate``)
+``dl_epochs``            10
+``dl_steps_per_epoch``   None              one pass over the training samples
+``dl_batch_size``        2
+``dl_learning_rate``     1e-3
+``dl_lr_schedule``       ``'cosine'``
+``dl_patch_size``        48 (3D) / 128 (2D)
+``dl_seed``              0
+``dl_model_params``      ``{}``            builder keyword arguments (JSON)
+``dl_validation``        0.2               fraction of subjects held out
+``dl_checkpoint_every``  200               steps
+``dl_mixed_precision``   ``'auto'``        on when training on a GPU
+``resume``               False             continue from the last checkpoint (also
+                                           ``dl_resume``; starts afresh when there is none)
+``dl_name``              the model kind    model folder name under ``models/``
+=======================  ================  ============================================
 
 The dataset (shards) is written under ``<work_dir>/dl_dataset/<kind>`` and reused when its
 settings match; the model goes to ``<derivatives>/models/<name>/`` (``model.keras``,
@@ -68,13 +70,22 @@ def dataset_options(settings) -> dict:
 
 def training_config(settings):
     """:class:`qsmprep.dl.config.TrainConfig` from the settings."""
-    from qsmprep.dl.config import TrainConfig
+    from qsmprep.dl.config import DEFAULT_MODEL_PARAMS, TrainConfig
+    from qsmprep.io.errors import UsageError
 
+    model = _get(settings, 'dl_model', 'modl')
     params = _get(settings, 'dl_model_params', {})
     if isinstance(params, str):
         params = json.loads(params)
+    known = DEFAULT_MODEL_PARAMS.get(model, {})
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise UsageError(
+            f'--dl-model-params: {", ".join(unknown)} is not a parameter of the {model} model',
+            hint=f'known parameters (defaults): {json.dumps(known)}')
     return TrainConfig(
-        model=_get(settings, 'dl_model', 'modl'), model_params=dict(params),
+        model=model, model_params=dict(params),
+        mixed_precision=_get(settings, 'dl_mixed_precision', 'auto'),
         epochs=int(_get(settings, 'dl_epochs', 10)),
         steps_per_epoch=_get(settings, 'dl_steps_per_epoch', None),
         batch_size=int(_get(settings, 'dl_batch_size', 2)),

@@ -57,10 +57,26 @@ SAMPLE = {
     'tkd_threshold': 0.2,
     'sti_regularization': 0.5,
     'registration': 'sitk',
-    'model': '/models/net.keras',
+    'model': '/models/modl',
+    'resume': True,
+    'dl_model': 'swin',
+    'dl_source': 'simulate-truth',
+    'dl_epochs': 30,
+    'dl_steps_per_epoch': 500,
+    'dl_batch_size': 4,
+    'dl_learning_rate': 0.0005,
+    'dl_lr_schedule': 'plateau',
+    'dl_patch_size': 64,
+    'dl_validation': 0.25,
+    'dl_seed': 7,
+    'dl_checkpoint_every': 100,
+    'dl_mixed_precision': 'off',
+    'dl_model_params': '{"window": 4, "depths": [2, 2, 2, 2]}',
+    'dl_name': 'swin-w4',
 }
 #: Parsed values of :data:`SAMPLE` where they differ from the JSON value.
-PARSED = {'verbose': 2, 'mem': 8.0, 'vsharp_radii': [10.0, 8.0, 6.0]}
+PARSED = {'verbose': 2, 'mem': 8.0, 'vsharp_radii': [10.0, 8.0, 6.0],
+          'dl_model_params': {'window': 4, 'depths': [2, 2, 2, 2]}}
 EXITING = {'help', 'version'}  # flags that print and exit
 
 
@@ -187,7 +203,7 @@ def test_types_choices_and_defaults_agree(descriptor, parser):
         if action.choices is not None:
             assert inp['value-choices'] == list(action.choices), inp['id']
         default = action.default
-        if default not in (None, False, argparse.SUPPRESS):
+        if not (default is None or default is False or default == argparse.SUPPRESS):
             assert inp['default-value'] == default, inp['id']
         else:
             assert 'default-value' not in inp, inp['id']
@@ -225,6 +241,42 @@ def test_boutiques_rejects_what_the_parser_rejects(tmp_path):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(['/d', '/o', 'participant', '--tkd-threshold', '0.7'])
     assert exc.value.code == 64
+
+
+def _bound_cases(descriptor):
+    """(flag, value, parser accepts?) at and beyond every numeric bound of the descriptor."""
+    cases = []
+    for inp in descriptor['inputs']:
+        if inp['type'] != 'Number' or 'command-line-flag' not in inp:
+            continue
+        step = 1 if inp.get('integer') else 1e-3
+        for key, sign in (('minimum', -1), ('maximum', 1)):
+            if key not in inp:
+                continue
+            bound = inp[key]
+            exclusive = inp.get(f'exclusive-{key}', False)
+            cases.append((inp['command-line-flag'], bound, not exclusive))
+            cases.append((inp['command-line-flag'], bound + sign * step, False))
+    return cases
+
+
+def test_every_numeric_bound_is_the_parsers(descriptor):
+    """Each minimum/maximum (and its exclusiveness) of the descriptor is enforced by the
+    parser: the bound itself is accepted unless exclusive, one step beyond it is refused."""
+    cases = _bound_cases(descriptor)
+    assert len(cases) >= 20
+    wrong = []
+    for flag, value, ok in cases:
+        text = str(int(value)) if float(value).is_integer() else repr(value)
+        try:
+            build_parser().parse_args(['/d', '/o', 'group', flag, text])
+            accepted = True
+        except SystemExit as exc:
+            assert exc.code == 64
+            accepted = False
+        if accepted != ok:
+            wrong.append(f'{flag} {text}: parser {"accepts" if accepted else "refuses"}')
+    assert not wrong, wrong
 
 
 # ------------------------------------------------------------------------------------------

@@ -9,13 +9,9 @@ per test process (the suite runs with ``pytest -n 2``).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 
-import nibabel as nb
-import numpy as np
 import pytest
-from scipy import ndimage
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '-1')
@@ -25,50 +21,7 @@ if importlib.util.find_spec('tensorflow') is not None:
 
     configure_tensorflow(1)
 
-SHAPE = (24, 24, 24)
-VOXEL = 2.0
-
-
-def _b0(tilt_deg, azimuth_deg):
-    t, a = np.deg2rad(tilt_deg), np.deg2rad(azimuth_deg)
-    return np.array([np.sin(t) * np.cos(a), np.sin(t) * np.sin(a), np.cos(t)])
-
-
-def make_subject_volumes(rng, shape=SHAPE):
-    """Mask (ellipsoid) and a smooth random χ (ppm) inside it."""
-    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing='ij'))
-    mask = ((g[0] / 0.8) ** 2 + (g[1] / 0.85) ** 2 + (g[2] / 0.75) ** 2) <= 1.0
-    chi = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5) * 0.3
-    blobs = ndimage.gaussian_filter((rng.random(shape) > 0.995).astype(float), 1.0) * 2.0
-    chi = (chi + blobs) * mask
-    return mask, chi.astype(np.float32)
-
-
-def write_derivatives(root, *, subjects=3, orientations=2, seed=0, shape=SHAPE,
-                      source='derivatives'):
-    """qsmprep-style derivatives (or simulator-truth naming) for synthetic subjects."""
-    from qsmprep.numerics.forward import dipole_forward
-
-    rng = np.random.default_rng(seed)
-    affine = np.diag([VOXEL, VOXEL, VOXEL, 1.0])
-    for s in range(1, subjects + 1):
-        mask, chi = make_subject_volumes(rng, shape)
-        anat = root / f'sub-{s:02d}' / 'anat'
-        anat.mkdir(parents=True, exist_ok=True)
-        for o in range(1, orientations + 1):
-            b0 = _b0(15.0 * (o - 1), 40.0 * o)
-            field = dipole_forward(chi.astype(np.float64), VOXEL, b0, padding=8) * mask
-            p = f'sub-{s:02d}_acq-ori{o:02d}'
-            masks = ('_space-orig_desc-local_mask' if source == 'derivatives'
-                     else '_desc-brain_mask')
-            for suffix, data in (('_desc-local_field', field), (masks, mask),
-                                 ('_desc-apparent_Chimap', chi)):
-                dtype = np.uint8 if data.dtype == bool else np.float32
-                nb.Nifti1Image(data.astype(dtype), affine).to_filename(
-                    str(anat / f'{p}{suffix}.nii.gz'))
-            (anat / f'{p}_desc-local_field.json').write_text(json.dumps(
-                {'B0_dir': b0.tolist(), 'Units': 'ppm'}))
-    return root
+from qsmprep.io.testing import write_training_derivatives as write_derivatives
 
 
 @pytest.fixture(name='write_derivatives')

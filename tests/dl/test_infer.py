@@ -116,3 +116,42 @@ def test_group_level_trains_into_the_derivatives(tmp_path, write_derivatives):
         run_group(settings)
     settings.resume = True
     assert run_group(settings) == 0
+
+
+def test_group_level_from_the_command_line(tmp_path, monkeypatch, capsys, write_derivatives):
+    """``qsmprep bids out group --dl-*``: options reach the trainer; no overwrite without
+    --resume; --resume with more epochs continues; unknown model parameters are refused (64)."""
+    from qsmprep.cli.run import main
+
+    monkeypatch.chdir(tmp_path)
+    bids = tmp_path / 'bids'
+    bids.mkdir()
+    out = bids / 'derivatives' / 'qsmprep'
+    write_derivatives(out, subjects=2, orientations=2)
+    argv = [str(bids), str(out), 'group', '-w', str(tmp_path / 'work'), '--omp-nthreads', '1',
+            '--dl-model', 'fcn', '--dl-model-params', '{"width": 4, "depth": 1}',
+            '--dl-epochs', '1', '--dl-steps-per-epoch', '2', '--dl-patch-size', '16',
+            '--dl-batch-size', '1', '--dl-learning-rate', '5e-4', '--dl-lr-schedule',
+            'constant', '--dl-seed', '3', '--dl-checkpoint-every', '1', '--dl-name', 'tiny']
+    assert main(argv) == 0
+    model_dir = out / 'models' / 'tiny'
+    meta = json.loads((model_dir / 'model.json').read_text())
+    cfg = meta['training']['config']
+    assert (cfg['model'], cfg['seed'], cfg['batch_size'], cfg['learning_rate'],
+            cfg['lr_schedule'], cfg['checkpoint_every']) == ('fcn', 3, 1, 5e-4, 'constant', 1)
+    assert cfg['model_params'] == {'width': 4, 'depth': 1}
+    assert meta['training']['steps'] == 2
+    assert meta['geometry']['patch_shape'] == [16, 16, 16]
+    capsys.readouterr()
+
+    assert main(argv) == 64
+    assert '--resume' in capsys.readouterr().err
+    assert main(argv + ['--resume', '--dl-epochs', '2']) == 0
+    meta = json.loads((model_dir / 'model.json').read_text())
+    assert meta['training']['steps'] == 4
+
+    bad = argv[:-1] + ['other', '--dl-model-params', '{"widht": 4}']
+    assert main(bad) == 64
+    err = capsys.readouterr().err
+    assert 'widht is not a parameter of the fcn model' in err and '"width"' in err
+    assert not (out / 'models' / 'other').exists()
