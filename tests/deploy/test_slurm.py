@@ -5,7 +5,9 @@ A participant run of the simulator's ``tiny`` dataset goes through ``--use-plugi
 slurm_setup.sh): every non-trivial node is an ``sbatch`` job.  Its outputs must equal those of
 a MultiProc run of the same command, in the image's environment (one BLAS/ITK thread per
 process).  The training recipe of docs/hpc.md (bids_app/slurm/train_requeue.sbatch) is run on
-the same cluster with a stand-in trainer: checkpoint on SIGTERM, requeue, resume.
+the same cluster, with a stand-in trainer (checkpoint on SIGTERM, requeue, resume, give up
+after MAX_RESTARTS) and with the real ``qsmprep … group --resume`` of the script training a
+small model on synthetic derivatives across a requeue.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import getpass
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -206,3 +209,62 @@ def test_training_job_stops_after_max_restarts(slurm_cluster, tmp_path):
     log = (tmp_path / f'train-{job_id}.out').read_text()
     assert 'giving up after 0 restarts' in log and 'requeueing' not in log
     assert 0 < json.loads(ckpt.read_text())['step'] < total
+
+
+def _qsmprep_group_argv(text, bids, work):
+    """The script's qsmprep arguments (after the image) with this machine's paths."""
+    cmd = re.search(r'^cmd=\((.*?)\)$', text, re.M | re.S).group(1)
+    tokens = shlex.split(cmd.replace('\\\n', ' '), posix=True)
+    args = tokens[next(i for i, t in enumerate(tokens) if t.endswith('.sif')) + 1:]
+    assert args[:3] == ['/data/bids', '/data/bids/derivatives/qsmprep', 'group'], args
+    assert '--resume' in args and '-w' in args, args
+    where = {'/data/bids': bids, '/data/bids/derivatives/qsmprep': bids / 'derivatives' /
+             'qsmprep', '$SCRATCH/qsmprep_train': work}
+    return [str(where.get(a, a)) for a in args]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_training_recipe_with_qsmprep_group_resumes_across_a_requeue(slurm_cluster, tmp_path):
+    """The script's own ``qsmprep … group --resume`` (without the container) trains a small
+    model; SIGTERM as at the time limit → checkpoint, exit 143 → requeue → the rerun resumes
+    from that checkpoint and completes every step."""
+    pytest.importorskip('tensorflow')
+    from qsmprep.io.testing import write_training_derivatives
+
+    bids = tmp_path / 'bids'
+    bids.mkdir()
+    out = bids / 'derivatives' / 'qsmprep'
+    write_training_derivatives(out, subjects=2, orientations=2)
+    qsmprep = Path(sys.executable).with_name('qsmprep')
+    epochs, steps = 20, 40
+    argv = [str(qsmprep), *_qsmprep_group_argv(TRAIN_SCRIPT.read_text(), bids,
+                                               tmp_path / 'work'),
+            '-v', '--omp-nthreads', '1', '--dl-model', 'fcn',
+            '--dl-model-params', '{"width": 4, "depth": 1}', '--dl-patch-size', '16',
+            '--dl-epochs', str(epochs), '--dl-steps-per-epoch', str(steps),
+            '--dl-checkpoint-every', '5']
+    job = _training_job(tmp_path, 0)
+    text = re.sub(r'^cmd=\(.*?\)$', f'cmd=({shlex.join(argv)})', job.read_text(),
+                  flags=re.M | re.S)
+    job.write_text(text)
+    env = dict(slurm_cluster.env, CUDA_VISIBLE_DEVICES='-1', TF_CPP_MIN_LOG_LEVEL='2',
+               OMP_NUM_THREADS='1')
+    job_id = _submit(job, env)
+    ckpts = out / 'models' / 'fcn' / 'checkpoints'
+    _wait(lambda: any(ckpts.glob('ckpt-*/state.json')), 300, 'the first checkpoint')
+    subprocess.run(['scancel', '--batch', '--signal=TERM', job_id], env=env, check=True,
+                   timeout=30)
+    info = _wait(lambda: (lambda i: i if i['JobState'] in ('COMPLETED', 'FAILED') else None)(
+        _scontrol(job_id, env)), 600, 'the requeued job to finish')
+    log = (tmp_path / f'train-{job_id}.out').read_text()
+    assert info['JobState'] == 'COMPLETED' and info['Restarts'] == '1', log[-3000:]
+    assert 'trainer stopped (exit 143)' in log and 'requeueing job' in log, log[-3000:]
+    saved = re.search(r'checkpoint ckpt-(\d+) \(signal', log)
+    resumed = re.search(r'resumed from \S*ckpt-(\d+) \(step (\d+)\)', log)
+    assert saved and resumed, log[-3000:]
+    assert int(resumed.group(2)) == int(saved.group(1)) > 0
+    assert 'trainer finished (exit 0)' in log
+    meta = json.loads((out / 'models' / 'fcn' / 'model.json').read_text())
+    assert meta['training']['steps'] == epochs * steps
+    assert int(saved.group(1)) < epochs * steps
