@@ -374,3 +374,51 @@ def test_singularity_definition_bootstraps_from_the_docker_image(runtime):
     entry = json.loads(next(r for k, r in runtime['instructions'] if k == 'ENTRYPOINT'))[0]
     assert f'exec {entry} "$@"' in runscript
     assert not re.search(r'^%post', text, re.M), 'everything is installed by the Dockerfile'
+
+
+#: glibc of the runtime base images the Dockerfile may use (manylinux_2_N wheels need N <= it).
+GLIBC_OF = {'debian:bookworm-slim': 36, 'debian:bookworm': 36, 'debian:trixie-slim': 41}
+
+
+def _pypi_reachable() -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen('https://pypi.org/simple/pip/', timeout=15):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_every_image_pin_exists_on_pypi_for_the_image_platform(tmp_path):
+    """What ``pip install -r requirements.txt`` in the env stage needs: each pinned version
+    has a distribution for the image's Python (env.yml) and glibc (runtime base image) —
+    resolved against PyPI with ``pip install --dry-run`` (metadata only, nothing installed)."""
+    import yaml
+
+    if not _pypi_reachable():
+        pytest.skip('PyPI is not reachable from this machine')
+    env = yaml.safe_load((ROOT / 'bids_app' / 'env.yml').read_text())
+    python = next(d for d in env['dependencies'] if isinstance(d, str)
+                  and d.startswith('python=')).split('=')[1]
+    runtime = re.search(r'^ARG RUNTIME_IMAGE=(\S+)', DOCKERFILE.read_text(), re.M).group(1)
+    assert runtime in GLIBC_OF, f'add the glibc version of {runtime} to GLIBC_OF'
+    platforms = [f'manylinux_2_{v}_x86_64' for v in range(5, GLIBC_OF[runtime] + 1)]
+    platforms += ['manylinux1_x86_64', 'manylinux2010_x86_64', 'manylinux2014_x86_64',
+                  'linux_x86_64', 'any']
+    abi = 'cp' + python.replace('.', '')
+    report = tmp_path / 'report.json'
+    cmd = [sys.executable, '-m', 'pip', 'install', '--dry-run', '--ignore-installed',
+           '--no-deps', '--quiet', '--python-version', python, '--implementation', 'cp',
+           '--abi', abi, '--abi', 'abi3', '--abi', 'none', '--target', str(tmp_path / 't'),
+           '--report', str(report), '-r', str(ROOT / 'bids_app' / 'requirements.txt')]
+    for p in platforms:
+        cmd += ['--platform', p]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    errors = [x for x in proc.stderr.splitlines() if x.startswith('ERROR')]
+    assert proc.returncode == 0, '\n'.join(errors) or proc.stderr[-3000:]
+    got = {re.sub(r'[-_.]+', '-', i['metadata']['name']).lower(): i['metadata']['version']
+           for i in json.loads(report.read_text())['install']}
+    pins = _parse_pins((ROOT / 'bids_app' / 'requirements.txt').read_text())
+    assert got == {name: version for name, (version, _) in pins.items()}
