@@ -26,6 +26,7 @@ from qsmprep.io.errors import (
     QsmprepError,
     UsageError,
 )
+from qsmprep.utils.logs import IMPORTANT, VERBOSE
 
 __all__ = [
     'VALIDATOR',
@@ -40,7 +41,6 @@ LOGGER = logging.getLogger('qsmprep.cli')
 
 #: The schema BIDS validator's executable (PyPI package ``bids-validator-deno``).
 VALIDATOR = 'bids-validator-deno'
-IMPORTANT, VERBOSE = 25, 15
 
 
 def setup_logging(verbosity: int = 0) -> int:

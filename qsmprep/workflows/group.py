@@ -40,6 +40,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from qsmprep.utils.logs import IMPORTANT
+
 LOGGER = logging.getLogger('qsmprep')
 
 __all__ = ['dataset_options', 'run_group', 'training_config']
@@ -140,9 +142,9 @@ def run_group(settings) -> int:
     cfg = training_config(settings)
     work = Path(settings.work_dir) / 'dl_dataset' / opts['kind']
     if _same_dataset(work / 'manifest.json', opts, pairs):
-        LOGGER.info('reusing the training dataset in %s', work)
+        LOGGER.log(IMPORTANT, 'reusing the training dataset in %s', work)
     else:
-        LOGGER.info('building the %s training dataset from %d orientation(s) in %s',
+        LOGGER.log(IMPORTANT, 'building the %s training dataset from %d orientation(s) in %s',
                     opts['kind'], len(pairs), work)
         if work.exists():  # ours: an older or half-written dataset (e.g. killed job)
             shutil.rmtree(work)
@@ -168,5 +170,5 @@ def run_group(settings) -> int:
         raise UsageError(str(exc), path=out,
                          hint='pass --resume to continue, or --dl-name for a new model') \
             from None
-    LOGGER.info('model written to %s (validation: %s)', out, meta.get('metrics'))
+    LOGGER.log(IMPORTANT, 'model written to %s (validation: %s)', out, meta.get('metrics'))
     return 0

@@ -9,6 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
+from qsmprep.utils.logs import IMPORTANT
+
 LOGGER = logging.getLogger('qsmprep')
 
 
@@ -137,7 +139,8 @@ def run_participant(subjects, settings) -> int:
         import getpass
 
         os.environ.setdefault('LOGNAME', getpass.getuser())  # nipype's cluster plugins read it
-    LOGGER.info('Running %d subject(s) with %s (work dir %s)', len(subjects), plugin, work_dir)
+    LOGGER.log(IMPORTANT, 'Running %d subject(s) with %s (work dir %s)', len(subjects), plugin,
+               work_dir)
     t0 = time.time()
     try:
         wf.run(plugin=plugin, plugin_args=plugin_args)
@@ -147,5 +150,5 @@ def run_participant(subjects, settings) -> int:
         return 1
     finalize_outputs(subjects, staging_dir=staging_dir, deriv_root=deriv_root,
                      bids_dir=bids_dir, options=options, settings=settings)
-    LOGGER.info('Finished in %.1f s; derivatives in %s', time.time() - t0, deriv_root)
+    LOGGER.log(IMPORTANT, 'Finished in %.1f s; derivatives in %s', time.time() - t0, deriv_root)
     return 0
