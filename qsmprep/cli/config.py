@@ -76,6 +76,7 @@ class Settings:
     derivatives: Path | None = None
     mask_method: str = 'auto'
     mask_erosion: int = 2
+    mask_threshold: float = 0.2
     unwrapping: str = 'wrapped-difference'
     echo_combination: str = 'auto'
     vsharp_radii: tuple[float, ...] | None = None
@@ -141,6 +142,7 @@ class Settings:
             derivatives=absolute(ns.derivatives),
             mask_method=ns.mask_method,
             mask_erosion=ns.mask_erosion,
+            mask_threshold=ns.mask_threshold,
             unwrapping=ns.unwrapping,
             echo_combination=ns.echo_combination,
             vsharp_radii=tuple(ns.vsharp_radii) if ns.vsharp_radii else None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -28,8 +27,6 @@ def main(argv=None) -> int:
     ap.add_argument('--nprocs', type=int, default=None, help='parallel processes')
     ap.add_argument('--seed', type=int, default=0, help='simulation seed')
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s',
-                        datefmt='%H:%M:%S')
     from qsmprep.cli.run import main as qsmprep_main
     from qsmprep.reports.evaluation import evaluate_subject, format_evaluation
     from qsmprep.simulate import simulate_dataset

@@ -180,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                         'on PATH)')
     g.add_argument('--mask-erosion', type=_number(int, '--mask-erosion', low=0), default=2,
                    metavar='VOXELS', help='erode the brain mask by this many voxels')
+    g.add_argument('--mask-threshold', default=0.2, metavar='FRACTION', type=_number(
+        float, '--mask-threshold', low=0, high=1, high_open=True),
+        help='refinement of computed brain masks: remove voxels darker than this fraction of '
+             'the typical brain magnitude (first echo) that connect to the outside of the '
+             'mask (skull, air, dropout); 0 disables it. User masks are never refined')
     g.add_argument('--unwrapping', choices=['wrapped-difference', 'sin-cos'],
                    default='wrapped-difference', help='Laplacian phase unwrapping variant')
     g.add_argument('--echo-combination', choices=['auto', 'average', 'weighted', 'linear-fit'],

@@ -1,4 +1,4 @@
-"""Brain masking: pure-Python brain extraction (BET port) and mask erosion."""
+"""Brain masking: pure-Python brain extraction (BET port), refinement and erosion."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ class _PythonBETInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc='magnitude image (first echo)')
     frac = traits.Float(0.5, usedefault=True, desc='BET fractional intensity threshold (0-1)')
     iterations = traits.Int(1000, usedefault=True, desc='surface deformation iterations')
+    threshold = traits.Range(0.0, 1.0, 0.2, exclude_high=True, usedefault=True,
+                             desc='refinement: remove edge voxels darker than this fraction of '
+                                  'the typical brain magnitude (0: no removal)')
 
 
 class _MaskOutputSpec(TraitedSpec):
@@ -24,7 +27,8 @@ class _MaskOutputSpec(TraitedSpec):
 
 
 class PythonBET(SimpleInterface):
-    """Brain extraction without FSL (:func:`qsmprep.utils.masking.python_bet`)."""
+    """Brain extraction without FSL (:func:`qsmprep.utils.masking.python_bet`), refined by
+    :func:`qsmprep.utils.masking.refine_mask`."""
 
     input_spec = _PythonBETInputSpec
     output_spec = _MaskOutputSpec
@@ -35,8 +39,40 @@ class PythonBET(SimpleInterface):
 
         data, affine, _ = load(self.inputs.in_file)
         mask = python_bet(data, affine, frac=self.inputs.frac,
-                          iterations=self.inputs.iterations)
+                          iterations=self.inputs.iterations, threshold=self.inputs.threshold)
         self._results['out_mask'] = save(mask, affine, os.path.abspath('brain_mask.nii'))
+        return runtime
+
+
+class _RefineInputSpec(BaseInterfaceInputSpec):
+    in_mask = File(exists=True, mandatory=True, desc='binary brain mask (e.g. FSL BET)')
+    in_file = File(exists=True, mandatory=True, desc='magnitude image (first echo)')
+    threshold = traits.Range(0.0, 1.0, 0.2, exclude_high=True, usedefault=True,
+                             desc='remove edge voxels darker than this fraction of the typical '
+                                  'brain magnitude (0: largest component and hole filling only)')
+
+
+class RefineMask(SimpleInterface):
+    """Remove the low-signal rim of a brain mask (:func:`qsmprep.utils.masking.refine_mask`)."""
+
+    input_spec = _RefineInputSpec
+    output_spec = _MaskOutputSpec
+
+    def _run_interface(self, runtime):
+        import numpy as np
+
+        from qsmprep.utils.images import load, save
+        from qsmprep.utils.masking import refine_mask
+
+        mask, affine, _ = load(self.inputs.in_mask)
+        mag, mag_affine, _ = load(self.inputs.in_file)
+        if mask.shape[:3] != mag.shape[:3] or not np.allclose(affine, mag_affine, atol=1e-3):
+            raise ValueError(
+                f'brain mask {self.inputs.in_mask} (shape {mask.shape}) is not on the grid of '
+                f'the magnitude {self.inputs.in_file} (shape {mag.shape}); both must share '
+                'shape and affine')
+        out = refine_mask(mask > 0, mag, threshold=self.inputs.threshold)
+        self._results['out_mask'] = save(out, affine, os.path.abspath('brain_mask.nii'))
         return runtime
 
 

@@ -106,6 +106,10 @@ class _CombineInputSpec(BaseInterfaceInputSpec):
     field_strength = traits.Float(mandatory=True, desc='B0 (T)')
     method = traits.Enum('average', 'weighted', 'linear-fit', usedefault=True,
                          desc='echo combination method (average: the thesis default)')
+    weights = traits.Enum('echo', 'voxel', usedefault=True,
+                          desc="magnitude weights: one per echo (RMS over the mask; keeps the "
+                               "per-echo harmonic offsets of Laplacian unwrapping harmonic) or "
+                               "per voxel")
 
 
 class _CombineOutputSpec(TraitedSpec):
@@ -128,7 +132,8 @@ class CombineEchoes(SimpleInterface):
         mag = load(self.inputs.magnitude)[0] if isdefined(self.inputs.magnitude) else None
         mask = load(self.inputs.in_mask)[0] > 0 if isdefined(self.inputs.in_mask) else None
         field = combine_echoes(phase, self.inputs.echo_times, self.inputs.field_strength,
-                               method=self.inputs.method, magnitude=mag, mask=mask)
+                               method=self.inputs.method, magnitude=mag, mask=mask,
+                               weights=self.inputs.weights)
         self._results['out_file'] = save(field, affine, _out('total_field.nii'))
         return runtime
 

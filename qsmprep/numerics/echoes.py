@@ -66,6 +66,16 @@ def _magnitude(magnitude, shape, name='magnitude'):
     return mag
 
 
+def _echo_weights(mag, mask):
+    """``mag`` replaced by one value per echo (RMS over the mask, or over voxels with signal),
+    broadcast to the volume: spatially constant echo weights."""
+    region = mask if mask is not None else np.any(mag > 0, axis=-1)
+    if not np.any(region):
+        return np.zeros_like(mag)
+    rms = np.sqrt(np.mean(np.square(mag[region], dtype=np.float64), axis=0))
+    return np.broadcast_to(rms.astype(mag.dtype), mag.shape)
+
+
 def normalize_echoes(unwrapped_phase, echo_times, field_strength):
     """Per-echo field shift (ppm) from unwrapped phase (rad).
 
@@ -155,7 +165,8 @@ def _masked(x, mask):
 
 
 def combine_echoes(unwrapped_phase, echo_times, field_strength, *, method: str = 'average',
-                   magnitude=None, mask=None, return_intercept: bool = False):
+                   magnitude=None, mask=None, weights: str = 'voxel',
+                   return_intercept: bool = False):
     """Combine multi-echo unwrapped phase into one field shift map (ppm).
 
     Parameters
@@ -176,6 +187,13 @@ def combine_echoes(unwrapped_phase, echo_times, field_strength, *, method: str =
         ``'linear-fit'``, not used by ``'average'``.
     mask : ndarray of bool, shape (X, Y, Z), optional
         Output (and intercept) set to 0 outside the mask.
+    weights : {'voxel', 'echo'}
+        How ``magnitude`` weights the echoes: ``'voxel'`` (default) with each voxel's own
+        ``|S_t|``; ``'echo'`` with one weight per echo, the RMS of ``|S_t|`` over the mask
+        (over voxels with signal when no mask is given), the same in every voxel.  Use
+        ``'echo'`` after Laplacian unwrapping: each echo is then known only up to its own
+        harmonic function ``h_t``, and only spatially constant coefficients keep
+        ``Σ_t c_t h_t`` harmonic, i.e. removable by background-field removal (Notes).
     return_intercept : bool
         Only for ``'linear-fit'``: also return the fitted intercept ``φ0`` (rad).
 
@@ -200,6 +218,15 @@ def combine_echoes(unwrapped_phase, echo_times, field_strength, *, method: str =
       ``ω = Σ v_t (TE_t − T̄) φ_t / Σ v_t (TE_t − T̄)²``, ``φ0 = Σ v_t (φ_t − ω TE_t)/Σ v_t``,
       ``δ = ω/(2πγ̄B0)·1e6``.  Unbiased for any ``φ0``, at the price of a larger variance than
       the zero-intercept estimators.  Voxels whose weights leave fewer than two echoes get 0.
+
+    Every method is linear in the phases: ``δ(r) = Σ_t c_t(r) φ_t(r)``.  Laplacian unwrapping
+    returns ``φ_t + h_t`` with ``∇²h_t = 0`` in the mask, a different ``h_t`` per echo.  With
+    coefficients ``c_t`` that vary in space (``weights='voxel'`` with magnitudes), ``Σ c_t h_t``
+    is not harmonic and survives SHARP/V-SHARP as an error in the local field; with
+    ``weights='echo'`` (or without magnitudes) it stays harmonic and is removed with the
+    background.  On the simulated ``demo`` dataset voxel-wise |S|² weights of the linear fit
+    left a non-harmonic error of ≈ 0.01 ppm (twice the local field) in half of the
+    orientations.
 
     References
     ----------
@@ -226,6 +253,10 @@ def combine_echoes(unwrapped_phase, echo_times, field_strength, *, method: str =
     b0 = positive(field_strength, 'field_strength', 'T')
     m = None if mask is None else as_mask(mask, phi.shape[:3])
     mag = None if magnitude is None else _magnitude(magnitude, phi.shape)
+    if weights not in ('voxel', 'echo'):
+        raise ValueError(f"weights must be 'voxel' or 'echo'; got {weights!r}")
+    if weights == 'echo' and mag is not None:
+        mag = _echo_weights(mag, m)
     dt = phi.dtype
     scale = ppm_scale(te, b0).astype(dt)  # rad per ppm at each echo
 

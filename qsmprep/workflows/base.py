@@ -34,7 +34,8 @@ def _raw_uri(bids_dir, path) -> str:
 
 
 def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python',
-                           mask_erosion=2, registration='sitk', unwrapping='wrapped-difference',
+                           mask_erosion=2, mask_threshold=0.2, registration='sitk',
+                           unwrapping='wrapped-difference',
                            echo_combination='auto', vsharp_radii=None,
                            vsharp_threshold=0.05, tkd_threshold=0.15, sti_regularization=0.3,
                            model=None, name=None):
@@ -97,7 +98,7 @@ def init_single_subject_wf(subject, *, output_dir, bids_dir, mask_method='python
             b0_direction=ori.b0_direction, phase_units=ori.phase_units,
             phase_range=ori.phase_range,
             mask_method='user' if ori.user_mask or mask_from_ref else mask_method,
-            mask_erosion=mask_erosion,
+            mask_erosion=mask_erosion, mask_threshold=mask_threshold,
             unwrapping=unwrapping, echo_combination=combination,
             vsharp_radii=vsharp_radii, vsharp_threshold=vsharp_threshold,
             tkd_threshold=tkd_threshold, name=f'orientation_{tag}_wf')

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from qsmprep.interfaces.masking import ErodeMask, PythonBET
+from qsmprep.interfaces.masking import ErodeMask, PythonBET, RefineMask
 from qsmprep.interfaces.phase import CombineEchoes, StackEchoes, UnwrapPhase, VSharp
 from qsmprep.interfaces.qsm import DipoleInversion
 
@@ -13,7 +13,7 @@ MASK_METHODS = ('bet', 'python', 'user')
 
 
 def init_brainmask_wf(*, method: str = 'python', bet_frac: float = 0.5,
-                      name: str = 'brainmask_wf'):
+                      mask_threshold: float = 0.2, name: str = 'brainmask_wf'):
     """Brain mask of the first-echo magnitude.
 
     Parameters
@@ -22,11 +22,23 @@ def init_brainmask_wf(*, method: str = 'python', bet_frac: float = 0.5,
         ``'bet'``: FSL BET (nipype interface; needs ``bet`` on PATH); ``'python'``: the
         pure-Python BET port (:class:`~qsmprep.interfaces.masking.PythonBET`); ``'user'``: a
         mask supplied in a derivatives folder is passed through.
+    bet_frac : float
+        BET fractional intensity threshold.
+    mask_threshold : float
+        Refinement of the BET mask (both BETs; never of user masks): voxels darker than this
+        fraction of the typical brain magnitude that connect to the outside of the mask
+        (skull, air, signal dropout) are removed, then the largest component is kept and
+        holes are filled (:func:`~qsmprep.utils.masking.refine_mask`).  ``0``: no removal
+        (FSL BET's mask is then used as is).
 
     Inputs: ``magnitude`` (first echo), ``user_mask``.  Outputs: ``brain_mask``.
     """
     if method not in MASK_METHODS:
         raise ValueError(f'mask method must be one of {MASK_METHODS}; got {method!r}')
+    mask_threshold = float(mask_threshold)
+    if not 0.0 <= mask_threshold < 1.0:
+        raise ValueError('mask_threshold must be a fraction of the brain magnitude in [0, 1); '
+                         f'got {mask_threshold!r}')
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(niu.IdentityInterface(['magnitude', 'user_mask']), name='inputnode')
     outputnode = pe.Node(niu.IdentityInterface(['brain_mask']), name='outputnode')
@@ -37,12 +49,18 @@ def init_brainmask_wf(*, method: str = 'python', bet_frac: float = 0.5,
         from nipype.interfaces import fsl
 
         bet = pe.Node(fsl.BET(mask=True, frac=bet_frac, output_type='NIFTI_GZ'), name='bet')
+        wf.connect(inputnode, 'magnitude', bet, 'in_file')
+        if mask_threshold == 0:
+            wf.connect(bet, 'mask_file', outputnode, 'brain_mask')
+            return wf
+        refine = pe.Node(RefineMask(threshold=mask_threshold), name='refine_mask')
         wf.connect([
-            (inputnode, bet, [('magnitude', 'in_file')]),
-            (bet, outputnode, [('mask_file', 'brain_mask')]),
+            (inputnode, refine, [('magnitude', 'in_file')]),
+            (bet, refine, [('mask_file', 'in_mask')]),
+            (refine, outputnode, [('out_mask', 'brain_mask')]),
         ])  # fmt: skip
         return wf
-    python_bet = pe.Node(PythonBET(frac=bet_frac), name='python_bet')
+    python_bet = pe.Node(PythonBET(frac=bet_frac, threshold=mask_threshold), name='python_bet')
     wf.connect([
         (inputnode, python_bet, [('magnitude', 'in_file')]),
         (python_bet, outputnode, [('out_mask', 'brain_mask')]),
@@ -52,17 +70,17 @@ def init_brainmask_wf(*, method: str = 'python', bet_frac: float = 0.5,
 
 def init_orientation_wf(*, echo_times, field_strength, b0_direction, phase_units='rad',
                         phase_range=None, mask_method='python', mask_erosion=2,
-                        unwrapping='wrapped-difference', echo_combination='average',
-                        vsharp_radii=None, vsharp_threshold=0.05, tkd_threshold=0.15,
-                        name='orientation_wf'):
+                        mask_threshold=0.2, unwrapping='wrapped-difference',
+                        echo_combination='average', vsharp_radii=None, vsharp_threshold=0.05,
+                        tkd_threshold=0.15, name='orientation_wf'):
     """Phase → local field → single-orientation χ for one head orientation.
 
-    Steps: stack echoes (phase in rad) → brain mask of the first echo → erode by
-    ``mask_erosion`` voxels → Laplacian unwrapping of every echo (inside the brain mask) →
-    per-echo normalisation to ppm and echo combination → V-SHARP on the eroded mask →
-    TKD inversion.  Unwrapping and V-SHARP are linear, so removing the background once
-    after echo combination equals doing it per echo and combining (tested), at 1/E the
-    cost.
+    Steps: stack echoes (phase in rad) → brain mask of the first echo (BET, refined by
+    ``mask_threshold``: :func:`init_brainmask_wf`) → erode by ``mask_erosion`` voxels →
+    Laplacian unwrapping of every echo (inside the brain mask) → per-echo normalisation to
+    ppm and echo combination → V-SHARP on the eroded mask → TKD inversion.  Unwrapping and
+    V-SHARP are linear, so removing the background once after echo combination equals doing
+    it per echo and combining (tested), at 1/E the cost.
 
     Inputs: ``magnitude_files``, ``phase_files`` (lists, echo order), ``user_mask``.
     Outputs: ``first_echo``, ``magnitude``, ``brain_mask``, ``eroded_mask``,
@@ -78,7 +96,7 @@ def init_orientation_wf(*, echo_times, field_strength, b0_direction, phase_units
     stack = pe.Node(StackEchoes(phase_units=phase_units,
                                 phase_range=tuple(phase_range) if phase_range else None),
                     name='stack_echoes')
-    brainmask_wf = init_brainmask_wf(method=mask_method)
+    brainmask_wf = init_brainmask_wf(method=mask_method, mask_threshold=mask_threshold)
     erode = pe.Node(ErodeMask(voxels=int(mask_erosion)), name='erode_mask')
     unwrap = pe.Node(UnwrapPhase(method=unwrapping), name='unwrap')
     combine = pe.Node(CombineEchoes(echo_times=list(echo_times),

@@ -37,6 +37,7 @@ def workflow_options(settings) -> dict:
     return {
         'mask_method': mask,
         'mask_erosion': int(_get(settings, 'mask_erosion', 2)),
+        'mask_threshold': float(_get(settings, 'mask_threshold', 0.2)),
         'registration': reg,
         'unwrapping': _get(settings, 'unwrapping', 'wrapped-difference'),
         'echo_combination': _get(settings, 'echo_combination', 'auto'),

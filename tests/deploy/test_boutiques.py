@@ -50,6 +50,7 @@ SAMPLE = {
     'reference_orientation': 'ori02',
     'mask_method': 'python',
     'mask_erosion': 3,
+    'mask_threshold': 0.1,
     'unwrapping': 'sin-cos',
     'echo_combination': 'weighted',
     'vsharp_radii': [10, 8, 6],

@@ -146,11 +146,11 @@ def test_group_level_from_the_command_line(tmp_path, monkeypatch, capsys, write_
 
     assert main(argv) == 64
     assert '--resume' in capsys.readouterr().err
-    assert main(argv + ['--resume', '--dl-epochs', '2']) == 0
+    assert main([*argv, '--resume', '--dl-epochs', '2']) == 0
     meta = json.loads((model_dir / 'model.json').read_text())
     assert meta['training']['steps'] == 4
 
-    bad = argv[:-1] + ['other', '--dl-model-params', '{"widht": 4}']
+    bad = [*argv[:-1], 'other', '--dl-model-params', '{"widht": 4}']
     assert main(bad) == 64
     err = capsys.readouterr().err
     assert 'widht is not a parameter of the fcn model' in err and '"width"' in err
