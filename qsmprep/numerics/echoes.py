@@ -224,7 +224,7 @@ def combine_echoes(unwrapped_phase, echo_times, field_strength, *, method: str =
     coefficients ``c_t`` that vary in space (``weights='voxel'`` with magnitudes), ``Σ c_t h_t``
     is not harmonic and survives SHARP/V-SHARP as an error in the local field; with
     ``weights='echo'`` (or without magnitudes) it stays harmonic and is removed with the
-    background.  On the simulated ``demo`` dataset voxel-wise |S|² weights of the linear fit
+    background.  On the simulated ``demo`` dataset voxel-wise ``|S|²`` weights of the linear fit
     left a non-harmonic error of ≈ 0.01 ppm (twice the local field) in half of the
     orientations.
 
