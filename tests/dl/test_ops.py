@@ -108,3 +108,48 @@ def test_cheap_padding_is_close_to_full_matrix():
     cheap = _numpy_conv(chi, [int(v) for v in ops.padded_grid(chi.shape)], 1.0, (0, 0, 1))
     full = _numpy_conv(chi, (210, 224, 160), 1.0, (0, 0, 1))
     assert 100 * np.linalg.norm(cheap - full) / np.linalg.norm(full) < 1.5
+
+
+@pytest.mark.parametrize('onednn', [False, True])
+def test_fast_conv3d_layer_gradient_on_either_kernel_path(monkeypatch, onednn):
+    """FastConv3D takes conv3d_same's gradient without oneDNN and the native one with it;
+    both equal keras.layers.Conv3D's (up to float32 rounding)."""
+    import keras
+
+    from qsmprep.dl import layers
+
+    monkeypatch.setattr(layers, 'onednn_enabled', lambda: onednn)
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.standard_normal((2, 6, 7, 5, 3)), tf.float32)
+    up = tf.constant(rng.standard_normal((2, 6, 7, 5, 4)), tf.float32)
+    fast = layers.FastConv3D(4, 3, padding='same')
+    ref = keras.layers.Conv3D(4, 3, padding='same')
+    fast.build(x.shape)
+    ref.build(x.shape)
+    ref.set_weights(fast.get_weights())
+    out = []
+    for layer in (fast, ref):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            s = tf.reduce_sum(layer(x) * up)
+        out.append(tape.gradient(s, [x, *layer.trainable_variables]))
+    for a, b in zip(*out, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_configure_tensorflow_turns_onednn_on_unless_told_otherwise():
+    """TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, at import: check in fresh processes."""
+    import os
+    import subprocess
+    import sys
+
+    code = ('from qsmprep.dl.train import configure_tensorflow; configure_tensorflow(1); '
+            'from qsmprep.dl.layers import onednn_enabled; print(onednn_enabled())')
+    env = {k: v for k, v in os.environ.items() if k != 'TF_ENABLE_ONEDNN_OPTS'}
+    seen = []
+    for extra in ({}, {'TF_ENABLE_ONEDNN_OPTS': '0'}):
+        run = subprocess.run([sys.executable, '-c', code], env={**env, **extra},
+                             capture_output=True, text=True, check=True)
+        seen.append(run.stdout.strip().splitlines()[-1])
+    assert seen == ['True', 'False']
