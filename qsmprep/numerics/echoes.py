@@ -67,13 +67,11 @@ def _magnitude(magnitude, shape, name='magnitude'):
 
 
 def _echo_weights(mag, mask):
-    """``mag`` replaced by one value per echo (RMS over the mask, or over voxels with signal),
-    broadcast to the volume: spatially constant echo weights."""
+    """One magnitude per echo: the RMS over the mask (or over voxels with signal), shape (E,)."""
     region = mask if mask is not None else np.any(mag > 0, axis=-1)
     if not np.any(region):
-        return np.zeros_like(mag)
-    rms = np.sqrt(np.mean(np.square(mag[region], dtype=np.float64), axis=0))
-    return np.broadcast_to(rms.astype(mag.dtype), mag.shape)
+        return np.zeros(mag.shape[-1])
+    return np.sqrt(np.mean(np.square(mag[region], dtype=np.float64), axis=0))
 
 
 def normalize_echoes(unwrapped_phase, echo_times, field_strength):
@@ -255,8 +253,9 @@ def combine_echoes(unwrapped_phase, echo_times, field_strength, *, method: str =
     mag = None if magnitude is None else _magnitude(magnitude, phi.shape)
     if weights not in ('voxel', 'echo'):
         raise ValueError(f"weights must be 'voxel' or 'echo'; got {weights!r}")
-    if weights == 'echo' and mag is not None:
-        mag = _echo_weights(mag, m)
+    # spatially uniform weights (one per echo): every method is then a fixed linear
+    # combination of the echoes, applied with one matrix product
+    uniform = None if mag is None else (_echo_weights(mag, m) if weights == 'echo' else None)
     dt = phi.dtype
     scale = ppm_scale(te, b0).astype(dt)  # rad per ppm at each echo
 
@@ -267,6 +266,10 @@ def combine_echoes(unwrapped_phase, echo_times, field_strength, *, method: str =
     if method == 'weighted':
         if mag is None:
             raise ValueError("method='weighted' needs the echo magnitudes: pass magnitude=")
+        if uniform is not None:
+            w = uniform ** 2 * te ** 2
+            w = w / w.sum() if w.sum() > 0 else w
+            return _masked(phi @ (w / scale).astype(dt), m)
         w = inverse_variance_weights(mag.astype(dt, copy=False), te)
         field = np.einsum('...t,...t->...', w, phi / scale)
         return _masked(field, m)
@@ -278,10 +281,19 @@ def combine_echoes(unwrapped_phase, echo_times, field_strength, *, method: str =
             "(use method='average' or 'weighted' for single-echo data)")
     tt = te.astype(dt)
     rad_per_ppm_per_s = dt.type(ppm_scale(1.0, b0))
-    if mag is None:
-        tc = tt - tt.mean()
-        omega = phi @ (tc / np.sum(tc * tc))
-        phi0 = phi.mean(axis=-1) - omega * tt.mean()
+    if mag is None or uniform is not None:
+        v = np.ones(n_echoes) if mag is None else uniform ** 2
+        if np.count_nonzero(v) < 2:  # no signal: nothing to fit
+            v = np.zeros(n_echoes)
+            c = d = v
+        else:
+            te64 = te.astype(np.float64)
+            tbar = float(v @ te64 / v.sum())
+            tc = te64 - tbar
+            c = v * tc / float(v @ (tc * tc))       # ω = Σ c_t φ_t
+            d = v / v.sum() - c * tbar              # φ0 = Σ d_t φ_t
+        omega = phi @ c.astype(dt)
+        phi0 = phi @ d.astype(dt)
     else:
         v = mag.astype(dt, copy=False) ** 2
         sv = v.sum(axis=-1)

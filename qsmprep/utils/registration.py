@@ -34,9 +34,25 @@ def _transform_to_matrix(tx) -> np.ndarray:
     return M
 
 
+def dilate_mm(mask, affine, margin: float) -> np.ndarray:
+    """``mask`` grown by ``margin`` mm (Euclidean distance with the voxel sizes of ``affine``).
+
+    >>> m = np.zeros((9, 9, 9), bool); m[4, 4, 4] = True
+    >>> int(dilate_mm(m, np.diag([2.0, 2.0, 2.0, 1.0]), 2.0).sum())  # the 6 face neighbours
+    7
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return mask
+    sizes = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+    return ndimage.distance_transform_edt(~mask, sampling=sizes) <= margin
+
+
 def sitk_rigid(fixed, fixed_affine, moving, moving_affine, *, fixed_mask=None,
-               seed: int = 1, search_angles=(0.0, -30.0, 30.0), iterations: int = 200,
-               refine: int = 2):
+               mask_margin: float = 8.0, seed: int = 1, search_angles=(0.0, -30.0, 30.0),
+               iterations: int = 200, refine: int = 2):
     """Rigid (6-dof) registration of ``moving`` onto ``fixed`` with SimpleITK.
 
     Mattes mutual information, 3-level pyramid (shrink 4/2/1), regular-step gradient
@@ -44,7 +60,11 @@ def sitk_rigid(fixed, fixed_affine, moving, moving_affine, *, fixed_mask=None,
     multi-orientation QSM, beyond the capture range of a plain gradient descent, so the
     optimisation starts from every combination of ``search_angles`` (degrees) about the x
     and y axes, refines the ``refine`` best at full resolution and keeps the best final
-    metric.  It runs single-threaded, so that the result is reproducible.
+    metric.  It runs single-threaded, so that the result is reproducible.  ``fixed_mask`` (a
+    brain mask) restricts the metric after dilation by ``mask_margin`` mm: the contrast at
+    the brain surface (cortex, CSF, skull) is what constrains small rotations, and a tight
+    brain mask leaves it out (a refined mask without that margin gave a 1.2° error on one
+    orientation of the simulated ``full`` dataset).
 
     Returns
     -------
@@ -57,6 +77,8 @@ def sitk_rigid(fixed, fixed_affine, moving, moving_affine, *, fixed_mask=None,
 
     # one thread: ITK's multi-threaded metric sums are not reproducible, and a different
     # rounding can send the optimiser into another minimum; Nipype parallelises across nodes
+    if fixed_mask is not None and mask_margin > 0:
+        fixed_mask = dilate_mm(fixed_mask, fixed_affine, mask_margin)
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
