@@ -6,22 +6,41 @@ import dataclasses
 import json
 from typing import Any
 
-__all__ = ['DEFAULT_MODEL_PARAMS', 'MODEL_KINDS', 'TrainConfig', 'label_normalization']
+__all__ = ['DEFAULT_MODEL_PARAMS', 'MODEL_KINDS', 'TrainConfig', 'check_model_params',
+           'label_normalization']
 
 #: Model kinds: MoDL-QSM (3D), Swin-UNet (2D), fully convolutional stand-in (2D or 3D).
 MODEL_KINDS = ('modl', 'swin', 'fcn')
 
-#: Model hyper-parameters used when none are given (``--model-params`` overrides keys).
+#: Model hyper-parameters used when none are given (``--model-params`` overrides keys): every
+#: keyword of the builders in :mod:`qsmprep.dl.models` that is not taken from the dataset
+#: manifest (channels, crop, dimensionality, normalisation).
 DEFAULT_MODEL_PARAMS: dict[str, dict[str, Any]] = {
     'modl': {'iterations': 3, 'denoiser': 'unet', 'width': 16, 'levels': 2, 'blocks': 8,
-             'batchnorm': True, 'dropout': 0.0, 'margin': 24, 'multiple': 8,
-             'step_init': 1.0},
+             'batchnorm': True, 'dropout': 0.0, 'residual': True, 'margin': 24,
+             'multiple': 8, 'step_init': 1.0},
     'swin': {'embed_dim': 32, 'depths': [2, 2, 2, 2], 'heads': [2, 4, 8, 8], 'window': 8,
              'patch': 2, 'mlp_ratio': 2.0, 'conv_branch': True},
     'fcn': {'width': 8, 'depth': 3},
 }
 
 _SCHEDULES = ('cosine', 'constant', 'step', 'plateau')
+
+
+def check_model_params(model: str, params) -> None:
+    """Raise ValueError when ``params`` names a hyper-parameter ``model`` does not have.
+
+    >>> check_model_params('fcn', {'width': 4})
+    >>> check_model_params('fcn', {'widht': 4})
+    Traceback (most recent call last):
+    ...
+    ValueError: widht is not a parameter of the fcn model; known parameters (defaults): ...
+    """
+    known = DEFAULT_MODEL_PARAMS.get(model, {})
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f'{", ".join(unknown)} is not a parameter of the {model} model; known '
+                         f'parameters (defaults): {json.dumps(known)}')
 
 
 def label_normalization(manifest: dict, channels: int) -> tuple[list[float], list[float]]:
@@ -109,6 +128,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.model not in MODEL_KINDS:
             raise ValueError(f'model must be one of {MODEL_KINDS}; got {self.model!r}')
+        check_model_params(self.model, self.model_params)
         if self.lr_schedule not in _SCHEDULES:
             raise ValueError(f'lr_schedule must be one of {_SCHEDULES}; got '
                              f'{self.lr_schedule!r}')

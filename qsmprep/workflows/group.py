@@ -72,19 +72,18 @@ def dataset_options(settings) -> dict:
 
 def training_config(settings):
     """:class:`qsmprep.dl.config.TrainConfig` from the settings."""
-    from qsmprep.dl.config import DEFAULT_MODEL_PARAMS, TrainConfig
+    from qsmprep.dl.config import TrainConfig, check_model_params
     from qsmprep.io.errors import UsageError
 
     model = _get(settings, 'dl_model', 'modl')
     params = _get(settings, 'dl_model_params', {})
     if isinstance(params, str):
         params = json.loads(params)
-    known = DEFAULT_MODEL_PARAMS.get(model, {})
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise UsageError(
-            f'--dl-model-params: {", ".join(unknown)} is not a parameter of the {model} model',
-            hint=f'known parameters (defaults): {json.dumps(known)}')
+    try:
+        check_model_params(model, params)
+    except ValueError as exc:
+        message, _, known = str(exc).partition('; ')
+        raise UsageError(f'--dl-model-params: {message}', hint=known) from None
     return TrainConfig(
         model=model, model_params=dict(params),
         mixed_precision=_get(settings, 'dl_mixed_precision', 'auto'),

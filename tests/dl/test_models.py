@@ -117,3 +117,25 @@ def test_fcn_is_fully_convolutional():
         x = {'field': tf.ones(shape), 'mask': tf.ones(shape), 'b0': tf.zeros((shape[0], 3)),
              'voxel_size': tf.ones((shape[0], 3))}
         assert m({k: v for k, v in x.items() if k in m.input}).shape == shape
+
+
+#: Builder keywords that build_model sets from the dataset manifest (or that name the model).
+FROM_MANIFEST = {'channels', 'crop', 'ndim', 'field_std', 'label_mean', 'label_std', 'name'}
+
+
+@pytest.mark.parametrize(('kind', 'builder'), [('modl', build_modl),
+                                               ('swin', build_swin_unet), ('fcn', build_fcn)])
+def test_default_params_name_every_tunable_builder_keyword(kind, builder):
+    """--dl-model-params / --model-params accept exactly the builder's hyper-parameters: the
+    defaults' keys are its keywords minus those taken from the manifest, with equal values."""
+    import inspect
+
+    from qsmprep.dl.config import DEFAULT_MODEL_PARAMS, TrainConfig
+
+    sig = inspect.signature(builder).parameters
+    assert set(DEFAULT_MODEL_PARAMS[kind]) == set(sig) - FROM_MANIFEST
+    for name, value in DEFAULT_MODEL_PARAMS[kind].items():
+        default = sig[name].default
+        assert value == (list(default) if isinstance(default, tuple) else default), name
+    with pytest.raises(ValueError, match='nope is not a parameter of the'):
+        TrainConfig(model=kind, model_params={'nope': 1})
