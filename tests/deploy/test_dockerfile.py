@@ -67,24 +67,23 @@ def _stages(text: str) -> list[dict]:
     return stages
 
 
-def _env(stage) -> dict[str, str]:
-    env = {}
+def _key_values(stage, instruction: str) -> dict[str, str]:
+    """``name=value`` pairs of every ``instruction`` (ENV, LABEL) of a stage."""
+    pairs = {}
     for key, rest in stage['instructions']:
-        if key == 'ENV':
+        if key == instruction:
             for token in shlex.split(rest):
                 name, _, value = token.partition('=')
-                env[name] = value
-    return env
+                pairs[name] = value
+    return pairs
+
+
+def _env(stage) -> dict[str, str]:
+    return _key_values(stage, 'ENV')
 
 
 def _labels(stage) -> dict[str, str]:
-    labels = {}
-    for key, rest in stage['instructions']:
-        if key == 'LABEL':
-            for token in shlex.split(rest):
-                name, _, value = token.partition('=')
-                labels[name] = value
-    return labels
+    return _key_values(stage, 'LABEL')
 
 
 def _args(stage) -> dict[str, str]:
