@@ -43,11 +43,12 @@ def dilate_mm(mask, affine, margin: float) -> np.ndarray:
     """
     from scipy import ndimage
 
+    from qsmprep.utils.images import voxel_sizes
+
     mask = np.asarray(mask, bool)
     if not mask.any():
         return mask
-    sizes = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
-    return ndimage.distance_transform_edt(~mask, sampling=sizes) <= margin
+    return ndimage.distance_transform_edt(~mask, sampling=voxel_sizes(affine)) <= margin
 
 
 def sitk_rigid(fixed, fixed_affine, moving, moving_affine, *, fixed_mask=None,
