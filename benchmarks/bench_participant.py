@@ -25,7 +25,8 @@ from pathlib import Path
 
 STAGES = {'stack_echoes': 'load', 'python_bet': 'brain mask', 'bet': 'brain mask',
           'erode_mask': 'brain mask', 'unwrap': 'unwrapping', 'combine_echoes': 'echo combination',
-          'vsharp': 'V-SHARP', 'invert': 'TKD', 'sitk_rigid': 'registration',
+          'vsharp': 'V-SHARP', 'bgremoval': 'background removal', 'invert': 'TKD',
+          'sitk_rigid': 'registration',
           'flirt': 'registration', 'flirt_to_world': 'registration',
           'to_reference': 'resampling', 'multi_orientation': 'COSMOS + STI',
           'apparent': 'training labels', 'ds': 'writing derivatives'}

@@ -88,8 +88,9 @@ def graph_from_workflow(wf, *, expand: bool = True) -> nx.DiGraph:
     graph = nx.DiGraph(name=wf.name)
     for node in source.nodes:
         name = name_of(node)
-        if isinstance(node, Workflow):
-            kind, detail = 'workflow', f'workflow, {len(node.list_node_names())} nodes'
+        if isinstance(node, Workflow):  # a ds_* sub-workflow holds only data sinks
+            kind = 'sink' if name.rsplit('.', 1)[-1].startswith('ds_') else 'workflow'
+            detail = f'workflow, {len(node.list_node_names())} nodes'
         else:
             detail = type(node.interface).__name__
             if name.rsplit('.', 1)[-1].startswith('ds_'):

@@ -7,6 +7,10 @@
    report);
 3. the derivatives are compared with the ground truth and the figures printed and saved to
    ``OUT/evaluation.json``.
+
+The output is short (about 50 lines for the ``demo`` preset): the input table, the run's
+header, one progress display, its summary, then the accuracy table at the end.  Nipype's
+records are in the run's log file (named in the header).
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ def main(argv=None) -> int:
     if (bids / 'dataset_description.json').exists():
         print(f'[1/3] using the simulated dataset already in {bids}')
     else:
-        print(f'[1/3] simulating the {args.preset!r} dataset into {bids}')
+        print(f'[1/3] simulating the {args.preset!r} dataset into {bids}', flush=True)
         simulate_dataset(bids, preset=args.preset, seed=args.seed, overwrite=True)
-    print(f'[2/3] qsmprep {bids} {deriv} participant -w {work}')
+        print(f'      done in {time.time() - t0:.0f} s')
+    print(f'[2/3] qsmprep {bids} {deriv} participant -w {work}', flush=True)
     cmd = [str(bids), str(deriv), 'participant', '-w', str(work)]
     if args.nprocs:
         cmd += ['--nprocs', str(args.nprocs)]
@@ -47,7 +52,9 @@ def main(argv=None) -> int:
     if rc:
         print(f'qsmprep failed with exit code {rc}', file=sys.stderr)
         return rc
-    print('[3/3] accuracy against the ground truth')
+    print('\n[3/3] accuracy against the ground truth\n'
+          '      (mask_dice: brain-mask overlap; b0_error_deg: B0 direction error; NRMSE: RMS\n'
+          '      error after removing the mean, % of the truth; XSIM: structural similarity)')
     ev = evaluate_subject(bids, deriv)
     print(format_evaluation(ev))
     (out / 'evaluation.json').write_text(json.dumps(ev, indent=2) + '\n')

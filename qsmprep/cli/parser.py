@@ -4,24 +4,41 @@
 (``EX_USAGE``) instead of argparse's 2, which Bash reserves.  Checks that need the file system
 (:func:`check_paths`, :func:`load_plugin_file`) run after parsing and raise
 :class:`~qsmprep.io.errors.QsmprepError` with the BIDS-Apps exit codes.
+
+Defaults are never written here: the processing options take theirs (and their choices) from
+:mod:`qsmprep.options`, the group-level ones from the fields of
+:class:`~qsmprep.cli.config.Settings`; ``--help`` shows each default once, appended by the
+formatter.  :func:`parse_command_line` adds the options of a ``--config-file``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
+import logging
 import re
 import sys
 from pathlib import Path
 
 from qsmprep.__about__ import __version__
+from qsmprep.cli.config import (
+    DEFAULT_WORK_DIR,
+    MAX_OMP_THREADS,
+    Settings,
+    read_config_file,
+)
 from qsmprep.io.errors import CantCreateError, MissingInputError, UsageError
+from qsmprep.options import CHOICES, DEFAULTS
 
 __all__ = [
     'EXIT_USAGE',
+    'CommandLine',
     'build_parser',
     'check_paths',
     'load_plugin_file',
+    'parse_command_line',
     'parse_labels',
     'parse_memory',
 ]
@@ -34,12 +51,42 @@ _MEM = re.compile(r'^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(I?B)?\s*$', re.IGNOREC
 _MAX_BARE_GB = 4096
 
 
+#: Field defaults of :class:`Settings` (the group-level options' defaults).
+_SETTINGS = {f.name: f.default for f in dataclasses.fields(Settings)}
+#: ``--mask-method``: the methods of :data:`qsmprep.options.CHOICES` but ``user`` (user masks
+#: come with ``--derivatives``).
+_MASK_METHODS = [m for m in CHOICES['mask_method'] if m != 'user']
+#: Settings (``--config-file`` keys) whose parser ``dest`` has another name.
+_DEST = {'participant_labels': 'participant_label', 'session_labels': 'session_label',
+         'mem_gb': 'mem', 'plugin_file': 'use_plugin', 'verbosity': 'verbose',
+         'inversions': 'inversion'}
+#: Settings that are no option of the parser: read from a ``--config-file`` as they are.
+_NOT_OPTIONS = ('plugin', 'plugin_args', 'bids_filters')
+
+
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser exiting with 64 (``EX_USAGE``) on errors."""
 
     def error(self, message):
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f'{self.prog}: error: {message}\n')
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to options with a default value (not ``None``/``False``, not
+    counters), lists shown as on the command line."""
+
+    def _get_help_string(self, action):
+        if (action.default in (None, False, argparse.SUPPRESS)
+                or isinstance(action, argparse._CountAction)):
+            return action.help
+        return super()._get_help_string(action)
+
+    def _expand_help(self, action):
+        if isinstance(action.default, list | tuple):
+            action = copy.copy(action)
+            action.default = ' '.join(map(str, action.default))
+        return super()._expand_help(action)
 
 
 def parse_memory(value: str) -> float:
@@ -118,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='Exit codes: 0 success, 1 failure, 16 BIDS validation failed, 18 filters '
                'selected no data, 64 usage error, 65 input data incorrect, 66 required input '
                'missing, 73 cannot create output.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument('bids_dir', type=Path, help='root of the raw BIDS dataset (read only)')
     p.add_argument('output_dir', type=Path,
@@ -142,13 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help='folder with user brain masks named sub-<s>[_ses-<x>][_acq-<a>]'
                         '[_run-<r>][_space-orig][_desc-brain]_mask.nii[.gz] (used instead of '
                         'computed masks)')
+    g.add_argument('--bids-filter-file', '--bids_filter_file', type=Path, metavar='FILE',
+                   help='JSON file restricting the input, as in fMRIPrep: {"megre": '
+                        '{"session": "01", "acquisition": ["ori01", "ori02"], "run": 1}} '
+                        'collects only the MEGRE files with these entities (pybids names, '
+                        'labels without prefixes, one value or a list)')
 
     g = p.add_argument_group('Performance')
     g.add_argument('--nprocs', '--nthreads', '--n_cpus', '--n-cpus', type=_number(
         int, '--nprocs', low=1), metavar='N', help='processes run in parallel; default: all '
                                                    'available CPUs')
     g.add_argument('--omp-nthreads', type=_number(int, '--omp-nthreads', low=1), metavar='N',
-                   help='threads per process (FFT workers); default: min(nprocs, 8)')
+                   help='threads per process (FFT workers); default: '
+                        f'min(nprocs, {MAX_OMP_THREADS})')
     g.add_argument('--mem', '--mem-gb', '--mem_gb', type=parse_memory, metavar='MEM',
                    help='memory limit for the Nipype scheduler, e.g. 8G or 8000MB '
                         '(a bare number is GB)')
@@ -157,17 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
                         '(e.g. SLURM, SGE, PBS)')
     g.add_argument('-w', '--work-dir', type=Path, metavar='PATH',
                    help='working directory for intermediate results; re-runs reuse finished '
-                        'nodes (default: ./work, which must not be inside bids_dir)')
+                        f'nodes (default: ./{DEFAULT_WORK_DIR}, which must not be inside '
+                        'bids_dir)')
     g.add_argument('--stop-on-first-crash', action='store_true',
                    help='stop at the first crashing node instead of running the others')
 
     g = p.add_argument_group('Run modes')
+    g.add_argument('--config-file', type=Path, metavar='FILE',
+                   help='TOML file of options, as in fMRIPrep: the settings file of an earlier '
+                        'run (sub-<label>/log/qsmprep_<run_uuid>.toml) repeats its options, or '
+                        'the same keys written by hand (mask_erosion = 3); options given on '
+                        'the command line win; paths are relative to the file\'s folder')
     g.add_argument('--validate-only', action='store_true',
                    help='only collect and validate the input, print the summary table and '
                         'exit (0 if valid); writes nothing')
     g.add_argument('--boilerplate-only', action='store_true',
                    help='write the methods boilerplate (logs/CITATION.md) and exit')
-    g.add_argument('-v', '--verbose', action='count', default=0,
+    g.add_argument('-v', '--verbose', action='count', default=_SETTINGS['verbosity'],
                    help='more output (-v info, -vv verbose, -vvv debug)')
 
     g = p.add_argument_group('Processing')
@@ -175,47 +234,77 @@ def build_parser() -> argparse.ArgumentParser:
                    help='orientation used as registration/STI reference, by label (e.g. '
                         'acq-ori01 or ori01); default: the one whose B0 is closest to the '
                         "head's superior axis")
-    g.add_argument('--mask-method', choices=['auto', 'bet', 'python'], default='auto',
+    g.add_argument('--mask-method', choices=_MASK_METHODS, default=DEFAULTS.mask_method,
                    help='brain extraction: FSL BET, a pure-Python BET port, or auto (BET when '
                         'on PATH)')
-    g.add_argument('--mask-erosion', type=_number(int, '--mask-erosion', low=0), default=2,
-                   metavar='VOXELS', help='erode the brain mask by this many voxels')
-    g.add_argument('--mask-threshold', default=0.2, metavar='FRACTION', type=_number(
+    g.add_argument('--mask-erosion', type=_number(int, '--mask-erosion', low=0),
+                   default=DEFAULTS.mask_erosion, metavar='VOXELS',
+                   help='erode the brain mask by this many voxels')
+    g.add_argument('--mask-threshold', default=DEFAULTS.mask_threshold, metavar='FRACTION',
+                   type=_number(
         float, '--mask-threshold', low=0, high=1, high_open=True),
         help='refinement of computed brain masks: remove voxels darker than this fraction of '
              'the typical brain magnitude (first echo) that connect to the outside of the '
              'mask (skull, air, dropout); 0 disables it. User masks are never refined')
-    g.add_argument('--unwrapping', choices=['wrapped-difference', 'sin-cos'],
-                   default='wrapped-difference', help='Laplacian phase unwrapping variant')
-    g.add_argument('--echo-combination', choices=['auto', 'average', 'weighted', 'linear-fit'],
-                   default='auto',
+    g.add_argument('--unwrapping', choices=CHOICES['unwrapping'],
+                   default=DEFAULTS.unwrapping, help='Laplacian phase unwrapping variant')
+    g.add_argument('--echo-combination', choices=CHOICES['echo_combination'],
+                   default=DEFAULTS.echo_combination,
                    help='combination of the per-echo fields (ppm): linear fit against TE with '
                         'intercept (needs >= 2 echoes; unbiased by a receiver phase offset), '
-                        'average (the thesis), or inverse-variance weighted average; auto '
-                        '(default): linear-fit, or average for single-echo data')
-    g.add_argument('--vsharp-radii', nargs='+', metavar='MM',
+                        'average (the thesis), or inverse-variance weighted average; auto: '
+                        'linear-fit, or average for single-echo data')
+    g.add_argument('--bgremoval', choices=CHOICES['bgremoval'], default=DEFAULTS.bgremoval,
+                   help='background field removal: V-SHARP, V-SHARP with a least-squares '
+                        'deconvolution (vsharp-ls: less distortion of the local field, ~10x '
+                        'the FFTs), iSMV, PDF (projection onto dipole fields), LBV (Laplacian '
+                        'boundary value) or RESHARP; --vsharp-radii applies to both V-SHARPs, '
+                        '--vsharp-threshold to vsharp only')
+    g.add_argument('--vsharp-radii', nargs='+', metavar='MM', default=DEFAULTS.vsharp_radii,
                    type=_number(float, '--vsharp-radii', low=0, low_open=True),
                    help='V-SHARP sphere radii in mm; default: 18*min(voxel) down to '
                         '2*max(voxel) in steps of 2*max(voxel)')
-    g.add_argument('--vsharp-threshold', default=0.05, metavar='T', type=_number(
+    g.add_argument('--vsharp-threshold', default=DEFAULTS.vsharp_threshold, metavar='T',
+                   type=_number(
         float, '--vsharp-threshold', low=0, high=1, low_open=True, high_open=True),
         help='V-SHARP TSVD threshold on the magnitude of the high-pass kernel 1 - S(k)')
-    g.add_argument('--tkd-threshold', default=0.15, metavar='T', type=_number(
+    g.add_argument('--tkd-threshold', default=DEFAULTS.tkd_threshold, metavar='T',
+                   type=_number(
         float, '--tkd-threshold', low=0, high=2 / 3, low_open=True),
         help='TKD threshold on the magnitude of the dipole kernel D(k) (single-orientation '
              'inversions)')
-    g.add_argument('--sti-regularization', default=0.3, metavar='LAMBDA', type=_number(
+    g.add_argument('--inversion', nargs='+', choices=CHOICES['inversions'],
+                   default=list(DEFAULTS.inversions),
+                   metavar='{' + ','.join(CHOICES['inversions']) + '}',
+                   help='single-orientation inversions written per orientation as '
+                        'desc-<method>_Chimap: tkd (thresholded k-space division) and/or ilsqr '
+                        '(masked gradient-regularised least squares, the classical baseline; '
+                        'about 3 s per orientation at 2 mm)')
+    g.add_argument('--multi-solver', choices=CHOICES['multi_solver'],
+                   default=DEFAULTS.multi_solver,
+                   help='COSMOS/STI solver: single-step fits the susceptibility to the '
+                        'registered total fields through a multi-radius SMV data term, with no '
+                        'separate background removal and no loss of the harmonic part of the '
+                        'local field; closed-form: per-k closed forms on the '
+                        'background-removed local fields (STI Suite style, faster; less '
+                        'accurate on the simulated heads, docs/workflows.md)')
+    g.add_argument('--sti-regularization', default=DEFAULTS.sti_regularization,
+                   metavar='LAMBDA', type=_number(
         float, '--sti-regularization', low=0),
-        help='weight of the per-k penalty on the anisotropic (deviatoric) part of the '
-             'susceptibility tensor, relative to tr(AᵀA)/6; 0 gives the unregularised STI '
-             'least-squares solution (STI Suite)')
-    g.add_argument('--registration', choices=['auto', 'flirt', 'sitk'], default='auto',
+        help='weight of the penalty on the anisotropic (deviatoric) part of the '
+             'susceptibility tensor (the mean susceptibility is never penalised), relative to '
+             'the mean diagonal of the normal operator; default 0.1 with --multi-solver '
+             'single-step, 0.3 with closed-form; 0 with closed-form gives the unregularised '
+             'STI least-squares solution (STI Suite)')
+    g.add_argument('--registration', choices=CHOICES['registration'],
+                   default=DEFAULTS.registration,
                    help='rigid registration of the orientations: FSL FLIRT, SimpleITK, or auto '
                         '(FLIRT when on PATH)')
-    g.add_argument('--model', type=Path, metavar='PATH',
+    g.add_argument('--model', type=Path, metavar='PATH', default=DEFAULTS.model,
                    help='trained model folder (model.keras + model.json, written by the group '
-                        'level) for deep-learning inference: adds a desc-<model>_Chimap per '
-                        'orientation')
+                        'level), or the published MoDL-QSM weights (their logs/last.h5, with '
+                        'NormFactor.mat next to it or one folder up), for deep-learning '
+                        'inference: adds a desc-<model>_Chimap per orientation')
 
     g = p.add_argument_group(
         'Group level (training)',
@@ -225,42 +314,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help='continue training from the newest checkpoint of the model folder '
                         '(with the same optimizer state); starts afresh when there is none. '
                         'Use it in batch jobs that are requeued across time limits')
-    g.add_argument('--dl-model', choices=['modl', 'swin', 'fcn'], default='modl',
+    g.add_argument('--dl-model', choices=['modl', 'swin', 'fcn'], default=_SETTINGS['dl_model'],
                    help='modl: MoDL-QSM on 3D patches; swin: Swin-UNet on 2D slices; fcn: a '
                         'small fully convolutional baseline on 3D patches')
     g.add_argument('--dl-source', choices=['derivatives', 'simulate-truth'],
-                   default='derivatives',
+                   default=_SETTINGS['dl_source'],
                    help='training pairs from the participant derivatives (local field -> '
                         'apparent susceptibility of the multi-orientation fit), or from the '
                         "simulator's ground truth (needs --derivatives pointing at "
                         'derivatives/qsmprep-simulate)')
-    g.add_argument('--dl-epochs', type=_number(int, '--dl-epochs', low=1), default=10,
+    g.add_argument('--dl-epochs', type=_number(int, '--dl-epochs', low=1),
+                   default=_SETTINGS['dl_epochs'],
                    metavar='N', help='training epochs (with --resume: the total to reach)')
     g.add_argument('--dl-steps-per-epoch', type=_number(int, '--dl-steps-per-epoch', low=1),
                    metavar='N', help='optimizer steps per epoch; default: one pass over the '
                                      'training samples')
-    g.add_argument('--dl-batch-size', type=_number(int, '--dl-batch-size', low=1), default=2,
+    g.add_argument('--dl-batch-size', type=_number(int, '--dl-batch-size', low=1),
+                   default=_SETTINGS['dl_batch_size'],
                    metavar='N', help='samples per optimizer step')
     g.add_argument('--dl-learning-rate', type=_number(float, '--dl-learning-rate', low=0,
                                                       low_open=True),
-                   default=1e-3, metavar='LR', help='peak learning rate (Adam)')
+                   default=_SETTINGS['dl_learning_rate'], metavar='LR',
+                   help='peak learning rate (Adam)')
     g.add_argument('--dl-lr-schedule', choices=['cosine', 'constant', 'step', 'plateau'],
-                   default='cosine', help='learning-rate schedule')
+                   default=_SETTINGS['dl_lr_schedule'], help='learning-rate schedule')
     g.add_argument('--dl-patch-size', type=_number(int, '--dl-patch-size', low=16),
-                   metavar='N', help='edge of the cubic 3D patches (default 48) or of the '
-                                     'square 2D slice crops (default 128), in voxels')
+                   metavar='N', help='edge of the cubic 3D patches (default: about 96 mm, a '
+                                     'multiple of 8 in 16-64 voxels and within the brain, '
+                                     'e.g. 48 at 2 mm) or of the square 2D slice crops '
+                                     '(default 128), in voxels')
     g.add_argument('--dl-validation', type=_number(float, '--dl-validation', low=0, high=1,
                                                    high_open=True),
-                   default=0.2, metavar='FRACTION',
+                   default=_SETTINGS['dl_validation'], metavar='FRACTION',
                    help='fraction of the subjects held out for validation (never in training)')
-    g.add_argument('--dl-seed', type=_number(int, '--dl-seed', low=0), default=0, metavar='N',
+    g.add_argument('--dl-seed', type=_number(int, '--dl-seed', low=0),
+                   default=_SETTINGS['dl_seed'], metavar='N',
                    help='seed of the dataset sampling, weight initialisation and batch order '
                         '(same seed, same result)')
     g.add_argument('--dl-checkpoint-every', type=_number(int, '--dl-checkpoint-every', low=1),
-                   default=200, metavar='STEPS',
+                   default=_SETTINGS['dl_checkpoint_every'], metavar='STEPS',
                    help='optimizer steps between checkpoints (also written at every epoch end '
                         'and on SIGTERM/SIGINT)')
-    g.add_argument('--dl-mixed-precision', choices=['auto', 'on', 'off'], default='auto',
+    g.add_argument('--dl-mixed-precision', choices=['auto', 'on', 'off'],
+                   default=_SETTINGS['dl_mixed_precision'],
                    help='mixed precision (auto: on when training on a GPU)')
     g.add_argument('--dl-model-params', type=_json_object, metavar='JSON',
                    help='model hyper-parameters overriding the defaults, as a JSON object, '
@@ -269,6 +365,133 @@ def build_parser() -> argparse.ArgumentParser:
                    help='model folder name under <output_dir>/models/ (default: the model '
                         'kind)')
     return p
+
+
+@dataclasses.dataclass
+class CommandLine:
+    """What :func:`parse_command_line` returns: the namespace (command line over
+    ``--config-file`` over defaults), what the file gives that is no parser option
+    (``plugin``, ``plugin_args``, ``bids_filters``), and notes to log once logging is set up
+    (``(level, message)``)."""
+
+    namespace: argparse.Namespace
+    from_file: dict = dataclasses.field(default_factory=dict)
+    notes: list = dataclasses.field(default_factory=list)
+
+
+class _FileValueError(Exception):
+    pass
+
+
+def _tokens(action, key, value) -> list[str]:
+    """Command-line tokens for ``value`` of a ``--config-file`` key (action of the parser)."""
+    flag = next((o for o in action.option_strings if o.startswith('--')),
+                action.option_strings[0])
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise _FileValueError('must be true or false')
+        return [flag] if value else []
+    if isinstance(action, argparse._CountAction):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _FileValueError('must be a count (0, 1, 2 or 3)')
+        return [action.option_strings[0]] * value
+    if isinstance(value, bool):
+        raise _FileValueError('must be a value, not true/false')
+    if action.nargs in ('+', '*'):
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, list | dict) for v in values):
+            raise _FileValueError('must be a list of values')
+        return [flag, *(str(v) for v in values)]
+    if isinstance(value, list):
+        raise _FileValueError('must be one value, not a list')
+    if key == 'mem_gb' and isinstance(value, int | float):
+        value = f'{value}G'  # settings hold GB; --mem refuses large bare numbers
+    text = json.dumps(value) if isinstance(value, dict) else str(value)
+    return [f'{flag}={text}']
+
+
+def _toml_text(value) -> str:
+    return json.dumps(value, default=str) if not isinstance(value, bool) else str(value).lower()
+
+
+def parse_command_line(argv=None) -> CommandLine:
+    """Parse ``argv`` (:func:`build_parser`) and merge a ``--config-file`` into it.
+
+    Options given on the command line win over the file's, the file's over the defaults.
+    The file's values go through the same checks as the command line's (types, choices,
+    bounds): a bad one is a :class:`~qsmprep.io.errors.UsageError` (64) naming the key and
+    the file.  ``work_dir`` from the file is used (with an INFO note) when ``-w`` is not
+    given; the per-run keys are ignored (:func:`qsmprep.cli.config.read_config_file`).
+    Parse errors of ``argv`` itself exit with 64 (:class:`SystemExit`) as before.
+    """
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.config_file is None:
+        return CommandLine(ns)
+    path = ns.config_file
+    values, notes = read_config_file(path)
+
+    # what the command line gave: a parser without defaults
+    quiet = build_parser()
+    for action in quiet._actions:
+        if action.option_strings:
+            action.default = argparse.SUPPRESS
+    given = set(vars(quiet.parse_args(argv)))
+
+    def raising_error(message):
+        raise _FileValueError(message)
+
+    checker = build_parser()
+    checker.error = raising_error
+    for action in checker._actions:
+        if action.option_strings:
+            action.default = argparse.SUPPRESS
+    actions = {a.dest: a for a in checker._actions if a.option_strings}
+    positional = [str(getattr(ns, a.dest)) for a in checker._actions if not a.option_strings]
+
+    from_file: dict = {}
+    taken = []
+    for key, value in values.items():
+        if key in _NOT_OPTIONS:
+            from_file[key] = value
+            continue
+        dest = _DEST.get(key, key)
+        action = actions.get(dest)
+        if action is None:  # a Settings field without an option (cannot happen today)
+            notes.append((logging.DEBUG, f'{path}: {key} is not a command-line option; ignored'))
+            continue
+        flag = next((o for o in action.option_strings if o.startswith('--')),
+                    action.option_strings[0])
+        try:
+            tokens = _tokens(action, key, value)
+            parsed = vars(checker.parse_args([*positional, *tokens]))
+        except _FileValueError as exc:
+            raise UsageError(
+                f'invalid value in the configuration file: {key} = {_toml_text(value)} '
+                f'({exc})', path=path,
+                hint=f'fix {key} in the file (it takes the values of {flag}, see qsmprep '
+                     '--help) or remove it') from None
+        if dest in given:
+            notes.append((logging.DEBUG, f'{path}: {key} overridden by the command line'))
+            continue
+        if dest in parsed:
+            setattr(ns, dest, parsed[dest])
+            taken.append(key)
+    if 'work_dir' in taken:
+        notes.append((logging.INFO, f'work directory {ns.work_dir} from {path} (pass -w to choose '
+                      'another one)'))
+    if ns.use_plugin is not None and 'use_plugin' in given:
+        from_file.pop('plugin', None)
+        from_file.pop('plugin_args', None)
+    for key, kind in (('plugin', str), ('plugin_args', dict), ('bids_filters', dict)):
+        if key in from_file and not isinstance(from_file[key], kind):
+            raise UsageError(f'invalid value in the configuration file: {key} = '
+                             f'{_toml_text(from_file[key])} (must be a '
+                             f'{"table" if kind is dict else "string"})', path=path,
+                             hint=f'fix {key} in the file or remove it')
+    used = ', '.join(taken + sorted(from_file)) or 'none'
+    notes.append((logging.INFO, f'options from {path}: {used}'))
+    return CommandLine(ns, from_file, notes)
 
 
 def _json_object(value: str) -> dict:

@@ -12,13 +12,15 @@ import importlib
 import json
 import logging
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from qsmprep.cli.config import Settings
-from qsmprep.cli.parser import build_parser, check_paths, load_plugin_file
+from qsmprep.cli.parser import check_paths, load_plugin_file, parse_command_line
 from qsmprep.io.errors import (
     BIDSValidationError,
     CantCreateError,
@@ -26,7 +28,7 @@ from qsmprep.io.errors import (
     QsmprepError,
     UsageError,
 )
-from qsmprep.utils.logs import IMPORTANT, VERBOSE
+from qsmprep.utils.logs import IMPORTANT, setup_console_logging
 
 __all__ = [
     'VALIDATOR',
@@ -44,21 +46,9 @@ VALIDATOR = 'bids-validator-deno'
 
 
 def setup_logging(verbosity: int = 0) -> int:
-    """Log ``qsmprep.*`` to stderr: level 25 (IMPORTANT) by default, -v 20, -vv 15, -vvv 10."""
-    logging.addLevelName(IMPORTANT, 'IMPORTANT')
-    logging.addLevelName(VERBOSE, 'VERBOSE')
-    level = max(IMPORTANT - 5 * int(verbosity), logging.DEBUG)
-    logger = logging.getLogger('qsmprep')
-    for h in list(logger.handlers):
-        if getattr(h, '_qsmprep_cli', False):
-            logger.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)  # the current stderr (tests capture it)
-    handler.setFormatter(logging.Formatter('%(asctime)s | %(levelname)-8s | %(message)s',
-                                           '%H:%M:%S'))
-    handler._qsmprep_cli = True
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    return level
+    """Log ``qsmprep.*`` to stderr: level 25 (IMPORTANT) by default, -v 20, -vv 15, -vvv 10
+    (:func:`qsmprep.utils.logs.setup_console_logging`; Nipype's records: the run's log file)."""
+    return setup_console_logging(verbosity)
 
 
 def find_validator() -> str | None:
@@ -158,16 +148,38 @@ def _make_dir(path: Path, what: str) -> None:
 
 
 def _run(argv) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        ns = parser.parse_args(argv)
+        cl = parse_command_line(argv)
     except SystemExit as exc:  # --help/--version (0) or a usage error (64)
         return int(exc.code or 0)
+    ns = cl.namespace
     plugin, plugin_args = ('MultiProc', {})
-    if ns.use_plugin is not None:
+    if {'plugin', 'plugin_args'} & set(cl.from_file):  # recorded in a --config-file
+        plugin = cl.from_file.get('plugin', plugin)
+        plugin_args = cl.from_file.get('plugin_args') or {}
+    elif ns.use_plugin is not None:
         plugin, plugin_args = load_plugin_file(ns.use_plugin)
-    settings = Settings.from_namespace(ns, plugin=plugin, plugin_args=plugin_args)
+    from qsmprep.io.bids import check_bids_filters, read_bids_filters
+
+    bids_filters = None
+    if ns.bids_filter_file is not None:
+        bids_filters = read_bids_filters(ns.bids_filter_file)
+    elif cl.from_file.get('bids_filters') is not None:
+        bids_filters = check_bids_filters(cl.from_file['bids_filters'], source=ns.config_file)
+    settings = Settings.from_namespace(ns, plugin=plugin, plugin_args=plugin_args,
+                                       bids_filters=bids_filters,
+                                       command_line=shlex.join(['qsmprep', *argv]))
     setup_logging(settings.verbosity)
+    try:  # the checks of qsmprep.options, before anything runs (the parser's are a subset)
+        settings.options()
+    except ValueError as exc:
+        raise UsageError(f'invalid processing options: {exc}',
+                         hint='see qsmprep --help for the allowed values') from None
+    for level, message in cl.notes:
+        LOGGER.log(level, '%s', message)
+    if bids_filters:
+        LOGGER.info('BIDS filter: %s', json.dumps(bids_filters))
     if settings.omp_nthreads > settings.nprocs:
         LOGGER.warning('--omp-nthreads %d exceeds --nprocs %d: processes will compete for CPUs',
                        settings.omp_nthreads, settings.nprocs)
@@ -188,6 +200,7 @@ def _run(argv) -> int:
     subjects = collect_subjects(
         settings.bids_dir, settings.participant_labels, session_labels=settings.session_labels,
         derivatives=settings.derivatives, reference=settings.reference_orientation,
+        bids_filters=settings.bids_filters,
     )
     check_settings(subjects, settings)
     print(format_summary(subjects), flush=True)
@@ -221,23 +234,60 @@ def _run_group(settings: Settings) -> int:
     return int(run_group(settings) or 0)
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, like :class:`KeyboardInterrupt` on SIGINT, so that
+    every ``finally`` runs (workers ended, temporary files removed); exit code 143."""
+
+
+def _on_signal(signum, frame):
+    # first signal: unwind; later ones are ignored so that the clean-up is not cut short
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+
+
+def _install_signal_handlers():
+    """SIGTERM/SIGINT → exception in the main thread; returns the previous handlers."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup/background jobs keep SIG_IGN
+            old[sig] = signal.signal(sig, _on_signal)
+    return old
+
+
 def main(argv=None) -> int:
     """Entry point of the ``qsmprep`` console script; returns the exit code.
 
     Expected problems (:class:`~qsmprep.io.errors.QsmprepError`) print one line on stderr and
     return their BIDS-Apps code; unexpected exceptions print a traceback and return 1.
+    SIGINT (Ctrl-C) returns 130 and SIGTERM (``timeout``, SLURM preemption, ``docker stop``)
+    143, without a traceback, after the workers have ended; ``output_dir`` keeps its earlier
+    complete state.
     """
+    old = _install_signal_handlers()
     try:
         return _run(argv)
     except QsmprepError as err:
         print(f'qsmprep: error: {err}', file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print('qsmprep: interrupted', file=sys.stderr)
+        print('qsmprep: interrupted (SIGINT); no half-written output was left. Run the same '
+              'command again to continue (finished nodes are reused)', file=sys.stderr)
         return 130
+    except Terminated:
+        print('qsmprep: terminated (SIGTERM); no half-written output was left. Run the same '
+              'command again to continue (finished nodes are reused)', file=sys.stderr)
+        return 143
     except Exception:
         LOGGER.exception('qsmprep failed with an unexpected error')
         return 1
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == '__main__':  # pragma: no cover

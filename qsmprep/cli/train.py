@@ -6,11 +6,14 @@ Subcommands::
                           [--kind patch3d|slice2d] [geometry and split options]
     qsmprep-train fit DATASET MODEL_DIR [--model modl|swin|fcn] [--epochs N] [--resume] ...
     qsmprep-train predict MODEL FIELD OUT [--mask MASK] [--b0-dir X Y Z] [--mode ...]
+    qsmprep-train evaluate MODEL DATA [--out JSON] [--inputs truth|pipeline] ...
 
-TensorFlow is imported only by ``fit`` and ``predict``, after the arguments are parsed.
-Exit codes: 0 success, 64 usage error, 66 missing input, 1 failure, ``128 + signal`` when a
-training run was interrupted (SIGTERM/SIGINT) after writing its checkpoint (continue with
-``--resume``), 75 when ``--stop-after`` ended it.
+TensorFlow is imported only by ``fit``, ``predict`` and ``evaluate`` with a trained model,
+after the arguments are parsed (``evaluate tkd DATA`` / ``evaluate ilsqr DATA`` need none).
+Exit codes: 0 success, 64 usage error, 65 bad data, 66 missing input, 69 TensorFlow missing,
+73 output not writable, 1 failure, ``128 + signal`` when a training run was interrupted
+(SIGTERM/SIGINT) after writing its checkpoint (continue with ``--resume``), 75 when
+``--stop-after`` ended it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+from qsmprep.io.errors import QsmprepError
 
 __all__ = ['build_parser', 'main']
 
@@ -34,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``qsmprep-train`` argument parser (three subcommands)."""
+    """The ``qsmprep-train`` argument parser (four subcommands)."""
     p = _Parser(prog='qsmprep-train', description=__doc__.split('\n\n')[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-v', '--verbose', action='count', default=0, help='more log output')
@@ -118,6 +123,41 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--mode', choices=['patches', 'whole', 'slices'], default=None)
     r.add_argument('--batch-size', type=int, default=None)
     r.add_argument('--threads', type=int, default=None)
+
+    e = sub.add_parser('evaluate', help='score a model next to TKD and iLSQR on data with '
+                                        'ground truth',
+                       description='Score MODEL (and, by default, TKD and the iLSQR baseline) '
+                                   'on every orientation of DATA, on the same inputs, against '
+                                   'the ground truth: NRMSE, demeaned NRMSE, HFEN, XSIM and '
+                                   'the DGM slope per orientation, and their medians.')
+    e.add_argument('model', metavar='MODEL',
+                   help="model folder (model.json + model.keras, as 'fit' writes), or 'tkd' "
+                        "or 'ilsqr' (no TensorFlow needed)")
+    e.add_argument('data', type=Path, metavar='DATA',
+                   help='dataset with ground truth: a qsmprep-simulate dataset (or its '
+                        'derivatives/qsmprep-simulate folder) or a qsm-forward dataset')
+    e.add_argument('--model', dest='extra_models', action='append', default=[],
+                   metavar='MODEL', help='another model (or tkd/ilsqr) to score on the same '
+                                         'inputs; repeatable')
+    e.add_argument('--no-baselines', action='store_true',
+                   help='do not add tkd and ilsqr beside MODEL')
+    e.add_argument('--inputs', choices=['truth', 'pipeline'], default='truth',
+                   help='truth: the true local field and brain mask (default); pipeline: the '
+                        'local field and mask of a qsmprep participant run (--derivatives), '
+                        'scored against the same truth')
+    e.add_argument('--derivatives', type=Path, default=None, metavar='DIR',
+                   help='--inputs pipeline: the qsmprep output folder holding sub-* '
+                        '(default DATA/derivatives/qsmprep)')
+    e.add_argument('--participant-label', nargs='+', default=None, metavar='LABEL')
+    e.add_argument('--orientation', nargs='+', default=None, metavar='ACQ',
+                   help='only these acq- labels (e.g. ori01 ori04)')
+    e.add_argument('--out', type=Path, default=None, metavar='JSON',
+                   help='write the full result (per orientation, medians, ranking) here')
+    e.add_argument('--markdown', action='store_true', help='print the table as Markdown')
+    e.add_argument('--mode', choices=['patches', 'whole', 'slices'], default=None,
+                   help='inference mode of trained models (default: the model\'s own)')
+    e.add_argument('--batch-size', type=int, default=None)
+    e.add_argument('--threads', type=int, default=None, help='TensorFlow intra-op threads')
     return p
 
 
@@ -188,6 +228,29 @@ def _predict(ns) -> int:
     return 0
 
 
+def _evaluate(ns) -> int:
+    from qsmprep.dl.evaluate import (
+        BUILTIN_METHODS,
+        check_writable,
+        evaluate,
+        format_table,
+        write_json,
+    )
+
+    methods = [ns.model, *ns.extra_models]
+    if not ns.no_baselines:
+        methods += [b for b in BUILTIN_METHODS if b not in methods]
+    if ns.out is not None:
+        check_writable(ns.out)
+    result = evaluate(ns.data, methods, inputs=ns.inputs, derivatives=ns.derivatives,
+                      subjects=ns.participant_label, orientations=ns.orientation,
+                      threads=ns.threads, mode=ns.mode, batch_size=ns.batch_size)
+    print(format_table(result, markdown=ns.markdown))
+    if ns.out is not None:
+        print(f'written {write_json(result, ns.out)}')
+    return 0
+
+
 def main(argv=None) -> int:
     """Entry point of ``qsmprep-train``; returns the exit code."""
     parser = build_parser()
@@ -202,7 +265,15 @@ def main(argv=None) -> int:
             print(f'qsmprep-train: error: {name} not found: {path}', file=sys.stderr)
             return EX_NOINPUT
     try:
-        return {'dataset': _dataset, 'fit': _fit, 'predict': _predict}[ns.command](ns)
+        if ns.command in ('fit', 'predict'):
+            from qsmprep.dl import require_tensorflow
+
+            require_tensorflow(f'qsmprep-train {ns.command}')
+        return {'dataset': _dataset, 'fit': _fit, 'predict': _predict,
+                'evaluate': _evaluate}[ns.command](ns)
+    except QsmprepError as exc:  # TensorFlow missing: exit 69 with the install hint
+        print(f'qsmprep-train: error: {exc}', file=sys.stderr)
+        return exc.exit_code
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f'qsmprep-train: error: {exc}', file=sys.stderr)
         return EX_USAGE

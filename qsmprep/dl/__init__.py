@@ -21,7 +21,35 @@ module                 contents
 ``infer``              loading a trained model and predicting χ maps
 =====================  =====================================================================
 
-Importing :mod:`qsmprep.dl` itself imports nothing heavy.
+Importing :mod:`qsmprep.dl` itself imports nothing heavy; :func:`require_tensorflow` checks
+that TensorFlow can be imported, without importing it.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib.util
+
+from qsmprep.io.errors import QsmprepError
+
+__all__ = ['INSTALL_HINT', 'TensorFlowMissingError', 'require_tensorflow']
+
+#: How to get the optional deep-learning dependencies.
+INSTALL_HINT = "pip install 'qsmprep[dl]'"
+
+
+class TensorFlowMissingError(QsmprepError):
+    """TensorFlow/Keras are not installed (exit 69, ``EX_UNAVAILABLE``)."""
+
+    exit_code = 69
+
+
+def require_tensorflow(what: str = 'the deep-learning level') -> None:
+    """Raise :class:`TensorFlowMissingError` with the install hint when TensorFlow or Keras
+    cannot be found (checked with :func:`importlib.util.find_spec`, nothing is imported).
+
+    >>> require_tensorflow() if importlib.util.find_spec('tensorflow') else None
+    """
+    missing = [m for m in ('tensorflow', 'keras') if importlib.util.find_spec(m) is None]
+    if missing:
+        raise TensorFlowMissingError(f'{what} needs {" and ".join(missing)}, which is not '
+                                     'installed', hint=INSTALL_HINT)

@@ -41,6 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+from qsmprep.io import derivatives as _contract
+from qsmprep.numerics.geometry import b0_direction_from_affine, voxel_sizes
+
 __all__ = [
     'MANIFEST',
     'Pair',
@@ -65,9 +68,8 @@ _ENT = re.compile(r'^sub-(?P<sub>[A-Za-z0-9]+)(_ses-(?P<ses>[A-Za-z0-9]+))?'
                   r'(_acq-(?P<acq>[A-Za-z0-9]+))?')
 
 # file name suffixes (after the entity prefix) per source: field, mask, label
-_NAMES = {
-    'derivatives': ('_desc-local_field.nii.gz', '_space-orig_desc-local_mask.nii.gz',
-                    '_desc-apparent_Chimap.nii.gz'),
+_NAMES = {  # qsmprep's own derivatives: from the derivatives contract
+    'derivatives': tuple(_contract.suffix(k) for k in ('local_field', 'local_mask', 'apparent')),
     'simulate-truth': ('_desc-local_field.nii.gz', '_desc-brain_mask.nii.gz',
                        '_desc-apparent_Chimap.nii.gz'),
 }
@@ -99,7 +101,6 @@ class Pair:
 
 def _b0_from(sidecar: Path, affine) -> tuple[float, float, float]:
     from qsmprep.numerics._checks import as_direction
-    from qsmprep.numerics.dipole import b0_direction_from_affine
 
     if sidecar.is_file():
         meta = json.loads(sidecar.read_text())
@@ -151,7 +152,7 @@ def find_pairs(root, *, source: str = 'derivatives', subjects=None) -> list[Pair
         img = nb.load(str(fpath))
         if len(img.shape) != 3:
             raise ValueError(f'{fpath}: expected a 3D local field, got shape {img.shape}')
-        vs = tuple(float(v) for v in np.sqrt((img.affine[:3, :3] ** 2).sum(0)))
+        vs = tuple(float(v) for v in voxel_sizes(img.affine))
         b0 = _b0_from(fpath.with_name(fpath.name.replace('.nii.gz', '.json')), img.affine)
         pairs.append(Pair(subject=m['sub'], session=m['ses'], orientation=m['acq'],
                           field=str(fpath.absolute()), mask=str(mpath.absolute()),

@@ -5,7 +5,9 @@ direction from its ``B0_dir`` sidecar or its affine, mask from a file or ``field
 MoDL-QSM runs on overlapping 3D patches of its training size (``mode='patches'``, the
 operator it was trained with) or on the whole masked region at once (``mode='whole'``);
 Swin-UNet runs slice by slice (``mode='slices'``) on 2D tiles of its training crop.  Only
-the bounding box of the mask (plus a margin) is processed.
+the bounding box of the mask (plus a margin) is processed.  The published MoDL-QSM weights
+(the authors' Keras-2 ``last.h5``, supplied by the user) load through the same functions and
+run through :mod:`qsmprep.dl.published` (whole volume, resampled to 1 mm).
 """
 
 from __future__ import annotations
@@ -16,15 +18,24 @@ from pathlib import Path
 import numpy as np
 
 from qsmprep.dl.windows import slicewise, sliding_window
+from qsmprep.numerics.geometry import voxel_sizes
 
 __all__ = ['load_model', 'predict_file', 'predict_volume']
 
 
 def load_model(path, *, threads: int | None = None):
-    """``(keras_model, metadata)`` from a model folder, its ``model.json`` or ``.keras`` file."""
+    """``(keras_model, metadata)`` from a model folder, its ``model.json`` or ``.keras`` file,
+    or ``(PublishedModel, metadata)`` from the published MoDL-QSM weights (an ``.h5`` file of
+    that layout, :mod:`qsmprep.dl.published`)."""
     from qsmprep.dl.train import configure_tensorflow
 
     configure_tensorflow(threads)
+    published = _published_weights(path)
+    if published is not None:
+        from qsmprep.dl.published import load_published
+
+        model = load_published(published)
+        return model, model.meta()
     import keras
 
     import qsmprep.dl.layers  # registers the custom layers
@@ -43,6 +54,20 @@ def load_model(path, *, threads: int | None = None):
     model = keras.models.load_model(str(path / meta.get('model_file', 'model.keras')),
                                     compile=False)
     return model, meta
+
+
+def _published_weights(path) -> Path | None:
+    """``path`` when it is an ``.h5`` file to read as the published MoDL-QSM weights: one of
+    that layout, or any ``.h5`` without a ``model.json`` next to it (then
+    :func:`qsmprep.dl.published.read_weights` says what was expected)."""
+    path = Path(path)
+    if not (path.is_file() and path.suffix.lower() in ('.h5', '.hdf5')):
+        return None
+    from qsmprep.dl.published import is_published
+
+    if is_published(path) or not path.with_name('model.json').is_file():
+        return path
+    return None
 
 
 def _bbox(mask, margin, multiple, shape):
@@ -82,6 +107,14 @@ def predict_volume(model, meta: dict, field, mask=None, *, b0_direction=(0.0, 0.
     channel : int
         Output channel returned (0: χ; 1: MoDL-QSM's complementary field).
     """
+    if meta.get('kind') == 'modlqsm-published':
+        if mode not in (None, 'whole'):
+            raise ValueError(f"the published MoDL-QSM runs on the whole volume only; got "
+                             f"mode={mode!r}")
+        from qsmprep.dl.published import predict_published
+
+        return predict_published(model, field, mask, voxel_size=voxel_size,
+                                 b0_direction=b0_direction)[..., channel]
     import tensorflow as tf
 
     field = np.asarray(field, np.float32)
@@ -158,7 +191,7 @@ def predict_file(model_path, field_file, out_file, *, mask_file=None, b0_directi
     if b0_direction is None:
         side = Path(str(field_file).replace('.nii.gz', '.json').replace('.nii', '.json'))
         b0_direction = _b0_from(side, img.affine)
-    vs = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
+    vs = voxel_sizes(img.affine)
     chi = predict_volume(model, meta, field, mask, b0_direction=b0_direction, voxel_size=vs,
                          mode=mode, **kwargs)
     out = nb.Nifti1Image(chi.astype(np.float32), img.affine)
@@ -169,8 +202,9 @@ def predict_file(model_path, field_file, out_file, *, mask_file=None, b0_directi
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out.to_filename(str(out_file))
     side = {'Units': 'ppm', 'B0_dir': [float(v) for v in b0_direction],
-            'EstimationAlgorithm': f"{meta.get('kind')} ({meta.get('name')}), "
-                                   f"{mode or meta.get('inference', {}).get('mode')} inference",
+            'EstimationAlgorithm': meta.get('description') or (
+                f"{meta.get('kind')} ({meta.get('name')}), "
+                f"{mode or meta.get('inference', {}).get('mode')} inference"),
             'ModelVersions': meta.get('versions'),
             'Sources': [str(Path(field_file).absolute())]}
     stem = out_file.name.split('.')[0]

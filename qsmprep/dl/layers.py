@@ -3,7 +3,12 @@
 MoDL-QSM: :class:`DipoleKernel`, :class:`GradientStep`, :class:`ChannelNorm`.
 Swin-UNet: :class:`PatchEmbed`, :class:`SwinBlock` (window attention with a relative position
 bias, shifted windows and a parallel convolution branch), :class:`PatchMerging`,
-:class:`PatchExpand`.
+:class:`PatchExpand`.  :class:`ZerosChannels` (the MoDL start ``x⁰ = 0``).
+
+Every layer is registered with ``keras.saving.register_keras_serializable(package='qsmprep')``;
+Keras 3 imports third-party modules named in a saved config only for its own packages, so
+``import qsmprep.dl.layers`` before ``keras.saving.load_model(path)`` is all a saved qsmprep
+``.keras`` model needs.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import tensorflow as tf
 from qsmprep.dl import ops
 
 __all__ = ['ChannelNorm', 'DipoleKernel', 'FastConv3D', 'GradientStep', 'PatchEmbed',
-           'PatchExpand', 'PatchMerging', 'SwinBlock', 'conv3d_same', 'onednn_enabled',
-           'window_attention_mask']
+           'PatchExpand', 'PatchMerging', 'SwinBlock', 'ZerosChannels', 'conv3d_same',
+           'onednn_enabled', 'window_attention_mask']
 
 _PKG = 'qsmprep'
 
@@ -384,3 +389,22 @@ class SwinBlock(keras.layers.Layer):
         return {**super().get_config(), 'dim': self.dim, 'heads': self.heads,
                 'window': self.window, 'shift': self.shift, 'mlp_ratio': self.mlp_ratio,
                 'conv_branch': self.conv_branch}
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class ZerosChannels(keras.layers.Layer):
+    """Zeros shaped like the input with ``channels`` channels (the iterate ``x⁰ = 0``)."""
+
+    def __init__(self, channels: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+
+    def call(self, x):
+        shape = tf.concat([tf.shape(x)[:-1], [self.channels]], axis=0)
+        return tf.zeros(shape, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.channels)
+
+    def get_config(self):
+        return {**super().get_config(), 'channels': self.channels}

@@ -27,7 +27,6 @@ documented in ``docs/learning.md``:
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
 from qsmprep.dl.config import MODEL_KINDS, label_normalization
 from qsmprep.dl.layers import (
@@ -39,30 +38,11 @@ from qsmprep.dl.layers import (
     PatchExpand,
     PatchMerging,
     SwinBlock,
+    ZerosChannels,
 )
 
 __all__ = ['MODEL_KINDS', 'ZerosChannels', 'build_fcn', 'build_model', 'build_modl',
            'build_swin_unet', 'model_inputs']
-
-
-
-@keras.saving.register_keras_serializable(package='qsmprep')
-class ZerosChannels(keras.layers.Layer):
-    """Zeros shaped like the input with ``channels`` channels (the iterate ``x⁰ = 0``)."""
-
-    def __init__(self, channels: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        self.channels = int(channels)
-
-    def call(self, x):
-        shape = tf.concat([tf.shape(x)[:-1], [self.channels]], axis=0)
-        return tf.zeros(shape, self.compute_dtype)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.channels)
-
-    def get_config(self):
-        return {**super().get_config(), 'channels': self.channels}
 
 
 def model_inputs(ndim: int = 3, shape=None) -> dict:

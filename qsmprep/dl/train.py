@@ -39,6 +39,7 @@ import numpy as np
 
 from qsmprep.dl.config import TrainConfig, label_normalization
 from qsmprep.dl.data import ShardReader, read_manifest
+from qsmprep.utils.logs import IMPORTANT
 
 LOGGER = logging.getLogger('qsmprep.dl')
 
@@ -449,17 +450,22 @@ def train(dataset, out_dir, config: TrainConfig | None = None, *, resume: bool =
                     if cfg.lr_schedule == 'plateau' and state['wait'] % cfg.patience == 0:
                         state['lr_scale'] *= cfg.lr_decay
                 state['epoch'] = epoch
-                LOGGER.info('epoch %d/%d: loss %.4f%s (%.1f s)', epoch, cfg.epochs,
-                            row['loss'], f", val_loss {row['val_loss']:.4f}, val_nrmse "
-                            f"{row['val_nrmse']:.1f}%" if val else '', row['time_s'])
+                LOGGER.log(IMPORTANT, 'epoch %d/%d: loss %.4f%s (%.1f s)', epoch, cfg.epochs,
+                           row['loss'], f", val_loss {row['val_loss']:.4f}, val_nrmse "
+                           f"{row['val_nrmse']:.1f}%" if val else '', row['time_s'])
                 epoch_losses, t_epoch = [], time.time()
                 save('epoch end')
                 if cfg.early_stopping and state['wait'] >= cfg.early_stopping:
                     LOGGER.info('early stopping after %d epochs without improvement',
                                 state['wait'])
                     break
-            elif state['step'] % cfg.checkpoint_every == 0:
-                save('interval')
+            else:
+                if spe >= 8 and (state['step'] % spe) % (spe // 4) == 0:  # quarter epochs
+                    LOGGER.log(IMPORTANT, 'epoch %d/%d: step %d/%d, loss %.4f',
+                               state['step'] // spe + 1, cfg.epochs, state['step'] % spe, spe,
+                               float(np.mean(epoch_losses)))
+                if state['step'] % cfg.checkpoint_every == 0:
+                    save('interval')
             if guard.signum is not None or (stop_after is not None
                                             and state['step'] >= stop_after):
                 path = save('signal' if guard.signum is not None else 'stop_after')
@@ -479,7 +485,7 @@ def _write_logs(out_dir: Path, state: dict):
 
 def _export(out_dir, cfg, manifest, model, state, *, policy, strategy, spe, version,
             val_reader, scale) -> dict:
-    """Write ``model.keras`` (float32) and ``model.json``."""
+    """Write ``model.keras`` (float32), its weights ``model.weights.h5`` and ``model.json``."""
     import keras
     import tensorflow as tf
 
@@ -494,6 +500,7 @@ def _export(out_dir, cfg, manifest, model, state, *, policy, strategy, spe, vers
             src.load_weights(str(best))
         final.set_weights([np.asarray(w, np.float32) for w in src.get_weights()])
     final.save(str(out_dir / 'model.keras'))
+    final.save_weights(str(out_dir / 'model.weights.h5'))  # for other frameworks / rebuilds
     rows = [h for h in state['history'] if h['epoch'] == state['best_epoch']]
     if policy == 'float32' and rows and 'val_loss' in rows[0]:
         # the exported weights are those validated at the best epoch: reuse its numbers

@@ -1,4 +1,4 @@
-"""Writing derivatives: copy a result to its BIDS path with a JSON sidecar."""
+"""Writing derivatives: copy a result to its BIDS path with a JSON sidecar (atomically)."""
 
 from __future__ import annotations
 
@@ -35,24 +35,28 @@ class DerivativesSink(SimpleInterface):
         import shutil
         from pathlib import Path
 
+        from qsmprep.utils.fsutils import atomic_path, write_text
+
         out = Path(self.inputs.out_path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        if out.name.endswith('.nii.gz'):
-            import nibabel as nb
-            import numpy as np
+        # written under a temporary name, renamed when complete: never a truncated file
+        with atomic_path(out) as tmp:
+            if out.name.endswith('.nii.gz'):
+                import nibabel as nb
+                import numpy as np
 
-            img = nb.load(self.inputs.in_file)
-            data = np.asanyarray(img.dataobj)
-            if self.inputs.dtype:
-                data = data.astype(self.inputs.dtype)
-            new = nb.Nifti1Image(data, img.affine, img.header)
-            new.set_data_dtype(data.dtype)
-            new.to_filename(str(out))
-        else:
-            shutil.copyfile(self.inputs.in_file, out)
+                img = nb.load(self.inputs.in_file)
+                data = np.asanyarray(img.dataobj)
+                if self.inputs.dtype:
+                    data = data.astype(self.inputs.dtype)
+                new = nb.Nifti1Image(data, img.affine, img.header)
+                new.set_data_dtype(data.dtype)
+                new.to_filename(str(tmp))
+            else:
+                shutil.copyfile(self.inputs.in_file, tmp)
         self._results['out_file'] = str(out)
         if self.inputs.metadata:
             meta = out.with_name(out.name.split('.')[0] + '.json')
-            meta.write_text(json.dumps(self.inputs.metadata, indent=2, sort_keys=True) + '\n')
+            write_text(meta, json.dumps(self.inputs.metadata, indent=2, sort_keys=True) + '\n')
             self._results['out_meta'] = str(meta)
         return runtime

@@ -24,8 +24,16 @@ __all__ = ['PredictChimap', 'model_description']
 def model_description(model) -> tuple[str, str]:
     """``(desc, text)`` of a trained model folder from its ``model.json`` (no TensorFlow):
     ``desc`` is the BIDS ``desc-`` label of its χ maps (e.g. ``modl``), ``text`` the
-    ``EstimationAlgorithm`` sidecar value."""
+    ``EstimationAlgorithm`` sidecar value.  The published MoDL-QSM weights (an ``.h5`` file,
+    :mod:`qsmprep.dl.published`) give ``modlqsmpublished`` and a text with the file's
+    SHA-256; an ``.h5`` file of any other layout raises
+    :class:`~qsmprep.io.errors.UsageError` naming the file and the expected layout."""
     path = Path(model)
+    if path.is_file() and path.suffix.lower() in ('.h5', '.hdf5'):
+        from qsmprep.dl import published
+
+        if published.is_published(path) or not path.with_name('model.json').is_file():
+            return published.DESC, published.description(path)
     meta_path = path / 'model.json' if path.is_dir() else path.with_name('model.json')
     meta = json.loads(meta_path.read_text())
     desc = ''.join(c for c in str(meta.get('name', meta.get('kind', 'dl'))) if c.isalnum())
@@ -38,7 +46,8 @@ def model_description(model) -> tuple[str, str]:
 class _PredictInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc='local field (ppm)')
     in_mask = File(exists=True, mandatory=True, desc='mask of the local field')
-    model = traits.Str(mandatory=True, desc='trained model folder (model.keras + model.json)')
+    model = traits.Str(mandatory=True, desc='trained model folder (model.keras + model.json) '
+                       'or the published MoDL-QSM weights (.h5)')
     b0_direction = traits.List(traits.Float, minlen=3, maxlen=3, mandatory=True,
                                desc='B0 unit vector in the voxel frame of in_file')
     mode = traits.Enum(None, 'patches', 'whole', 'slices', usedefault=True,
@@ -63,7 +72,8 @@ class PredictChimap(SimpleInterface):
         if not self.inputs.use_gpu:
             os.environ['CUDA_VISIBLE_DEVICES'] = '-1'  # set before TensorFlow starts
         from qsmprep.dl.infer import load_model, predict_volume
-        from qsmprep.utils.images import load, save, voxel_sizes
+        from qsmprep.numerics.geometry import voxel_sizes
+        from qsmprep.utils.images import load, save
 
         model, meta = load_model(self.inputs.model, threads=self.inputs.num_threads)
         field, affine, _ = load(self.inputs.in_file)

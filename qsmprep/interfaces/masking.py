@@ -79,21 +79,33 @@ class RefineMask(SimpleInterface):
 class _ErodeInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc='binary mask')
     voxels = traits.Int(2, usedefault=True, desc='erosion in voxels (0: none)')
+    radius_mm = traits.Float(desc='erosion by a ball of this radius in mm (voxel sizes from '
+                                  'the affine) instead of ``voxels``; 0: none')
 
 
 class ErodeMask(SimpleInterface):
-    """Erode a mask by N voxels (:func:`qsmprep.numerics.bgremoval.erode_mask`)."""
+    """Erode a mask by N voxels, or by a ball of ``radius_mm`` when that is given
+    (:func:`qsmprep.numerics.bgremoval.erode_mask`)."""
 
     input_spec = _ErodeInputSpec
     output_spec = _MaskOutputSpec
 
     def _run_interface(self, runtime):
+        from nipype.interfaces.base import isdefined
+
         from qsmprep.numerics.bgremoval import erode_mask
+        from qsmprep.numerics.geometry import voxel_sizes
         from qsmprep.utils.images import load, save
 
         mask, affine, _ = load(self.inputs.in_file)
         mask = mask > 0
-        if self.inputs.voxels > 0:
+        if isdefined(self.inputs.radius_mm):
+            if self.inputs.radius_mm < 0:
+                raise ValueError(f'radius_mm must be >= 0 (got {self.inputs.radius_mm})')
+            if self.inputs.radius_mm > 0:
+                mask = erode_mask(mask, radius_mm=self.inputs.radius_mm,
+                                  voxel_size=voxel_sizes(affine))
+        elif self.inputs.voxels > 0:
             mask = erode_mask(mask, voxels=self.inputs.voxels)
         self._results['out_mask'] = save(mask, affine, os.path.abspath('eroded_mask.nii'))
         return runtime

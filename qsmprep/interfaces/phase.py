@@ -1,4 +1,5 @@
-"""Per-orientation phase processing: stacking echoes, unwrapping, echo combination, V-SHARP."""
+"""Per-orientation phase processing: stacking echoes, unwrapping, echo combination,
+background field removal."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from nipype.interfaces.base import (
     TraitedSpec,
     traits,
 )
+
+from qsmprep.options import CHOICES
 
 
 def _out(name):
@@ -45,7 +48,8 @@ class StackEchoes(SimpleInterface):
     def _run_interface(self, runtime):
         import numpy as np
 
-        from qsmprep.io.nifti import rescale_arbitrary_phase, wrap_phase
+        from qsmprep.io.nifti import rescale_arbitrary_phase
+        from qsmprep.numerics.unwrap import wrap_phase
         from qsmprep.utils.images import load, save
 
         mags, phases = [], []
@@ -56,7 +60,8 @@ class StackEchoes(SimpleInterface):
             if self.inputs.phase_units == 'arbitrary':
                 vmin, vmax = self.inputs.phase_range or (p.min(), p.max())
                 p = rescale_arbitrary_phase(p, vmin, vmax, integer=bool(np.all(p == np.round(p))))
-            phases.append(wrap_phase(p).astype(np.float32))
+            # wrap again after the cast: a float64 value just below π rounds up to π in float32
+            phases.append(wrap_phase(wrap_phase(p).astype(np.float32)))
         mag, phase = np.stack(mags, -1), np.stack(phases, -1)
         self._results['magnitude'] = save(mag, affine, _out('magnitude.nii'))
         self._results['phase'] = save(phase, affine, _out('phase.nii'))
@@ -85,8 +90,9 @@ class UnwrapPhase(SimpleInterface):
         import numpy as np
         from nipype.interfaces.base import isdefined
 
+        from qsmprep.numerics.geometry import voxel_sizes
         from qsmprep.numerics.unwrap import laplacian_unwrap
-        from qsmprep.utils.images import load, save, voxel_sizes
+        from qsmprep.utils.images import load, save
 
         phase, affine, _ = load(self.inputs.in_file)
         mask = load(self.inputs.in_mask)[0] > 0 if isdefined(self.inputs.in_mask) else None
@@ -138,33 +144,50 @@ class CombineEchoes(SimpleInterface):
         return runtime
 
 
-class _VSharpInputSpec(BaseInterfaceInputSpec):
+class _BackgroundRemovalInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc='total field (ppm)')
     in_mask = File(exists=True, mandatory=True, desc='brain mask')
+    method = traits.Enum(*CHOICES['bgremoval'], usedefault=True,
+                         desc='background removal method (qsmprep.numerics.bgremoval)')
     radii = traits.Either(None, traits.List(traits.Float), default=None, usedefault=True,
-                          desc='SMV radii in mm (None: 18·min(vsz) … 2·max(vsz))')
-    threshold = traits.Float(0.05, usedefault=True, desc='TSVD threshold')
+                          desc='V-SHARP SMV radii in mm (None: 18·min(vsz) … 2·max(vsz))')
+    threshold = traits.Float(0.05, usedefault=True, desc='V-SHARP TSVD threshold')
+    b0_direction = traits.List(traits.Float, minlen=3, maxlen=3, value=[0.0, 0.0, 1.0],
+                               usedefault=True,
+                               desc='unit B0 vector in the voxel frame (PDF dipole kernel)')
 
 
-class _VSharpOutputSpec(TraitedSpec):
+class _BackgroundRemovalOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc='local field (ppm)')
-    out_mask = File(exists=True, desc='final (eroded) mask')
+    out_mask = File(exists=True, desc='final mask (local field support)')
 
 
-class VSharp(SimpleInterface):
-    """V-SHARP background field removal (:func:`~qsmprep.numerics.bgremoval.vsharp`)."""
+class BackgroundRemoval(SimpleInterface):
+    """Background field removal (:data:`~qsmprep.numerics.bgremoval.METHODS`).
 
-    input_spec = _VSharpInputSpec
-    output_spec = _VSharpOutputSpec
+    ``vsharp`` uses ``radii``/``threshold``; ``pdf`` uses ``b0_direction``; every other
+    setting is the method's documented default.
+    """
+
+    input_spec = _BackgroundRemovalInputSpec
+    output_spec = _BackgroundRemovalOutputSpec
 
     def _run_interface(self, runtime):
-        from qsmprep.numerics.bgremoval import vsharp
-        from qsmprep.utils.images import load, save, voxel_sizes
+        from qsmprep.numerics.bgremoval import METHODS
+        from qsmprep.numerics.geometry import voxel_sizes
+        from qsmprep.utils.images import load, save
 
         field, affine, _ = load(self.inputs.in_file)
         mask = load(self.inputs.in_mask)[0] > 0
-        local, final = vsharp(field, mask, voxel_size=voxel_sizes(affine),
-                              radii=self.inputs.radii, threshold=self.inputs.threshold)
+        method = self.inputs.method
+        kwargs = {}
+        if method == 'vsharp':
+            kwargs = {'radii': self.inputs.radii, 'threshold': self.inputs.threshold}
+        elif method == 'vsharp-ls':
+            kwargs = {'radii': self.inputs.radii}
+        elif method == 'pdf':
+            kwargs = {'b0_direction': list(self.inputs.b0_direction)}
+        local, final = METHODS[method](field, mask, voxel_size=voxel_sizes(affine), **kwargs)
         self._results['out_file'] = save(local, affine, _out('local_field.nii'))
         self._results['out_mask'] = save(final, affine, _out('local_mask.nii'))
         return runtime

@@ -1,4 +1,4 @@
-"""Dipole inversions: single orientation (TKD), COSMOS and STI across orientations."""
+"""Dipole inversions: single orientation (TKD, iLSQR), COSMOS and STI across orientations."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -20,29 +21,70 @@ class _InvertInputSpec(BaseInterfaceInputSpec):
     b0_direction = traits.List(traits.Float, minlen=3, maxlen=3, mandatory=True,
                                desc='B0 unit vector in the voxel frame of in_file')
     threshold = traits.Float(0.15, usedefault=True, desc='TKD threshold δ')
+    method = traits.Enum('tkd', 'ilsqr', usedefault=True,
+                         desc="'tkd' (thresholded k-space division, demeaned in the mask) or "
+                              "'ilsqr' (masked gradient-regularised least squares)")
+    lam = traits.Float(0.01, usedefault=True, desc='ilsqr: λ on ‖∇χ‖² (∇ in 1/mm)')
+    tol = traits.Float(1e-3, usedefault=True,
+                       desc='ilsqr: stop at this relative normal-equation residual')
+    maxiter = traits.Int(100, usedefault=True, desc='ilsqr: iteration cap')
 
 
 class _InvertOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc='susceptibility map (ppm), demeaned in the mask')
+    out_file = File(exists=True, desc='susceptibility map (ppm), 0 outside the mask')
+    iterations = traits.Int(desc='ilsqr: iterations run (0 for tkd)')
+    converged = traits.Bool(desc='ilsqr: whether the tolerance was reached (True for tkd)')
 
 
 class DipoleInversion(SimpleInterface):
-    """Single-orientation TKD inversion (:func:`qsmprep.numerics.inversion.tkd`)."""
+    """Single-orientation inversion: TKD or the iLSQR baseline.
+
+    ``method='tkd'``: :func:`qsmprep.numerics.inversion.tkd`, then demeaned in the mask;
+    ``method='ilsqr'``: :func:`qsmprep.numerics.inversion.ilsqr` (not demeaned: its level is
+    set by the gradient penalty across the mask border).
+    """
 
     input_spec = _InvertInputSpec
     output_spec = _InvertOutputSpec
 
     def _run_interface(self, runtime):
-        from qsmprep.numerics.inversion import tkd
-        from qsmprep.utils.images import load, save, voxel_sizes
+        from qsmprep.numerics.geometry import voxel_sizes
+        from qsmprep.numerics.inversion import ilsqr, tkd
+        from qsmprep.utils.images import load, save
 
         field, affine, _ = load(self.inputs.in_file)
         mask = load(self.inputs.in_mask)[0] > 0
-        chi = tkd(field, voxel_size=voxel_sizes(affine), b0_direction=self.inputs.b0_direction,
-                  threshold=self.inputs.threshold, mask=mask)
-        chi[mask] -= chi[mask].mean()
-        self._results['out_file'] = save(chi * mask, affine, os.path.abspath('chi_tkd.nii'))
+        vs, b0 = voxel_sizes(affine), self.inputs.b0_direction
+        method = self.inputs.method
+        if method == 'ilsqr':
+            chi, info = ilsqr(field, mask, voxel_size=vs, b0_direction=b0, lam=self.inputs.lam,
+                              tol=self.inputs.tol, maxiter=self.inputs.maxiter)
+            self._results['iterations'] = int(info['iterations'])
+            self._results['converged'] = bool(info['converged'])
+        else:
+            chi = tkd(field, voxel_size=vs, b0_direction=b0, threshold=self.inputs.threshold,
+                      mask=mask, demean=True)
+            self._results['iterations'], self._results['converged'] = 0, True
+        self._results['out_file'] = save(chi * mask, affine,
+                                         os.path.abspath(f'chi_{method}.nii'))
         return runtime
+
+
+def inversion_description(method: str = 'tkd', *, tkd_threshold: float = 0.15) -> str:
+    """``EstimationAlgorithm`` text of a single-orientation inversion (``--inversion``).
+
+    >>> inversion_description('tkd')
+    'TKD (threshold 0.15), demeaned in mask'
+    >>> inversion_description('ilsqr').split(' (')[0]
+    'iLSQR-like baseline: Masked gradient-regularised least squares'
+    """
+    if method == 'tkd':
+        return f'TKD (threshold {tkd_threshold}), demeaned in mask'
+    if method == 'ilsqr':
+        from qsmprep.numerics.inversion import ILSQR_DEFAULTS, ilsqr_description
+
+        return 'iLSQR-like baseline: ' + ilsqr_description(**ILSQR_DEFAULTS)
+    raise ValueError(f"inversion must be 'tkd' or 'ilsqr'; got {method!r}")
 
 
 class _MultiInputSpec(BaseInterfaceInputSpec):
@@ -55,9 +97,17 @@ class _MultiInputSpec(BaseInterfaceInputSpec):
                                      'flattened (3 values per orientation)')
     reference_b0 = traits.List(traits.Float, minlen=3, maxlen=3, mandatory=True,
                                desc='B0 of the reference orientation (defines χ33)')
-    sti_regularization = traits.Float(0.3, usedefault=True,
-                                      desc='weight of the per-k anisotropy penalty of STI '
-                                           '(0: unregularised least squares)')
+    sti_regularization = traits.Float(desc='weight of the anisotropy penalty of STI '
+                                           '(default: 0.1 single-step, 0.3 closed form)')
+    solver = traits.Enum('closed-form', 'single-step', usedefault=True,
+                         desc='single-step: COSMOS/STI fitted to the total fields through an '
+                              'SMV data term; closed-form: per-k closed forms on the local '
+                              'fields (qsmprep.numerics.multiorientation)')
+    in_total_files = InputMultiObject(File(exists=True),
+                                      desc='total fields (ppm) on the reference grid '
+                                           '(single-step solver)')
+    in_total_masks = InputMultiObject(File(exists=True),
+                                      desc='their (eroded brain) masks on the reference grid')
 
 
 class _MultiOutputSpec(TraitedSpec):
@@ -79,62 +129,41 @@ class MultiOrientation(SimpleInterface):
 
     def _run_interface(self, runtime):
         import json
-        import warnings
 
         import numpy as np
 
-        from qsmprep.numerics.sti import cosmos, fit_sti, sti_condition_number
-        from qsmprep.utils.images import load, save, voxel_sizes
+        from qsmprep.numerics.geometry import voxel_sizes
+        from qsmprep.numerics.multiorientation import solve_multi_orientation
+        from qsmprep.utils.images import load, save
 
+        single = self.inputs.solver == 'single-step'
+        if single and not (isdefined(self.inputs.in_total_files)
+                           and isdefined(self.inputs.in_total_masks)):
+            raise ValueError('the single-step solver needs in_total_files and in_total_masks')
+        files = self.inputs.in_total_files if single else self.inputs.in_files
+        mfiles = self.inputs.in_total_masks if single else self.inputs.in_masks
         fields, masks = [], []
-        for f, m in zip(self.inputs.in_files, self.inputs.in_masks, strict=True):
+        for f, m in zip(files, mfiles, strict=True):
             data, affine, _ = load(f)
             fields.append(data)
             masks.append(load(m)[0] > 0)
         fields = np.stack(fields, -1)
         mask = np.all(np.stack(masks, -1), -1)
-        fields *= mask[..., None]
         b0 = np.asarray(self.inputs.b0_directions, float).reshape(-1, 3)
-        vs = voxel_sizes(affine)
-        n = b0.shape[0]
-        report = {'n_orientations': int(n), 'b0_directions': b0.tolist(),
-                  'reference_b0': list(self.inputs.reference_b0), 'warnings': []}
+        reg = (self.inputs.sti_regularization if isdefined(self.inputs.sti_regularization)
+               else None)
+        res = solve_multi_orientation(fields, b0, voxel_size=voxel_sizes(affine), mask=mask,
+                                      reference_b0=self.inputs.reference_b0,
+                                      solver=self.inputs.solver, sti_regularization=reg)
+        report = res['report']
 
         def out(name):
             return os.path.abspath(name)
 
         self._results['out_mask'] = save(mask, affine, out('common_mask.nii'))
-        if n >= 2:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter('always')
-                chi = cosmos(fields, b0, voxel_size=vs, mask=mask)
-            report['warnings'] += [str(w.message) for w in caught]
-            chi[mask] -= chi[mask].mean()
-            self._results['cosmos'] = save(chi * mask, affine, out('cosmos.nii'))
-        if n >= 6:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter('always')
-                cond = sti_condition_number(b0)
-                fit = fit_sti(fields, b0, voxel_size=vs, mask=mask,
-                              tikhonov=self.inputs.sti_regularization,
-                              regularizer='anisotropy')
-            report['sti_regularization'] = {'weight': self.inputs.sti_regularization,
-                                            'penalty': 'anisotropy (deviatoric norm)'}
-            report['warnings'] += [str(w.message) for w in caught]
-            report['condition_number'] = {
-                'definition': 'cond(A(k)) over unit k directions (qsmprep.numerics.sti)',
-                **{k: float(getattr(cond, k)) for k in ('median', 'p5', 'p95', 'minimum',
-                                                         'maximum')}}
-            tensor = fit.tensor * mask[..., None]
-            iso = tensor[..., [0, 3, 5]].mean(-1)[mask].mean()  # remove the undefined mean
-            tensor[..., [0, 3, 5]] -= iso
-            tensor *= mask[..., None]
-            self._results['tensor'] = save(tensor, affine, out('tensor.nii'))
-            chi33 = fit.chi_along(self.inputs.reference_b0) - iso
-            self._results['chi33'] = save(chi33 * mask, affine, out('chi33.nii'))
-            self._results['mms'] = save((fit.mms - iso) * mask, affine, out('mms.nii'))
-            self._results['msa'] = save(fit.msa * mask, affine, out('msa.nii'))
-            self._results['pev'] = save(fit.pev * mask[..., None], affine, out('pev.nii'))
+        for key in ('cosmos', 'tensor', 'chi33', 'mms', 'msa', 'pev'):
+            if key in res:
+                self._results[key] = save(res[key], affine, out(f'{key}.nii'))
         report_file = out('multi_orientation.json')
         with open(report_file, 'w') as fh:
             json.dump(report, fh, indent=2)

@@ -116,7 +116,8 @@ class ResampleToReference(SimpleInterface):
     def _run_interface(self, runtime):
         import numpy as np
 
-        from qsmprep.utils.images import b0_in_reference, load, resample, save
+        from qsmprep.numerics.geometry import b0_in_grid
+        from qsmprep.utils.images import load, resample, save
 
         field, naff, _ = load(self.inputs.in_file)
         mask = load(self.inputs.in_mask)[0] > 0
@@ -130,8 +131,8 @@ class ResampleToReference(SimpleInterface):
         out = np.divide(out, weight, out=np.zeros_like(out), where=rmask)
         self._results['out_file'] = save(out, raff, os.path.abspath('field_ref.nii'))
         self._results['out_mask'] = save(rmask, raff, os.path.abspath('mask_ref.nii'))
-        self._results['b0_direction'] = b0_in_reference(
-            self.inputs.b0_direction, naff, raff, world).tolist()
+        self._results['b0_direction'] = b0_in_grid(
+            self.inputs.b0_direction, naff, raff, world_xfm=world).tolist()
         return runtime
 
 

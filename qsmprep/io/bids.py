@@ -24,7 +24,8 @@ Echoes
 Sidecars (with BIDS inheritance, via pybids)
     ``EchoTime`` (s) on every file, positive, < 1 s (a larger value is taken as milliseconds
     and refused), equal for magnitude and phase, strictly increasing with the echo index.
-    ``MagneticFieldStrength`` (T) positive and equal across the files of an orientation.
+    ``MagneticFieldStrength`` (T) within :data:`FIELD_STRENGTH_RANGE` (0.1-21.1 T: ``3000``
+    is a field in mT and refused) and equal across the files of an orientation.
     ``Units`` of the phase: ``"rad"`` or ``"arbitrary"``, the same for all echoes.  BIDS
     requires it; when it is **missing**, qsmprep inspects the values: phase lying within
     [-2π, 2π] is taken as radians with a warning, anything else is an error asking for
@@ -33,13 +34,20 @@ Sidecars (with BIDS inheritance, via pybids)
     three numbers, a unit vector within 1e-2 (then normalised), in the voxel-axis frame; the
     same for all echoes (magnitude sidecars, when they have it, must agree).  Without it, the
     B0 direction is computed from the affine
-    (:func:`qsmprep.numerics.dipole.b0_direction_from_affine`).
+    (:func:`qsmprep.numerics.geometry.b0_direction_from_affine`).
 Images
-    3-D (trailing singleton axes allowed); magnitude and phase of all echoes on one grid (same
-    shape, affines within :data:`~qsmprep.io.nifti.AFFINE_ATOL` mm); all values finite.  The
-    values are checked by reading **every image once** during collection (slab by slab, see
-    :func:`~qsmprep.io.nifti.scan_volume`), so errors appear before any node runs; for the 1 mm
-    12-orientation × 6-echo protocol that reads about 4 GB.
+    3-D (trailing singleton axes allowed), real-valued (a complex NIfTI is refused rather than
+    losing its imaginary part), with a finite, non-singular affine; at least
+    :data:`~qsmprep.io.nifti.MIN_VOXELS` voxels and :data:`~qsmprep.io.nifti.MIN_EXTENT_MM` mm
+    along every axis; magnitude and phase of all echoes on one grid (same shape, affines
+    within :data:`~qsmprep.io.nifti.AFFINE_ATOL` mm); all values finite, no image all zeros.
+    The values are checked by reading **every image once** during collection (slab by slab,
+    see :func:`~qsmprep.io.nifti.scan_volume`), so errors appear before any node runs; for
+    the 1 mm 12-orientation × 6-echo protocol that reads about 4 GB.
+Links
+    Files may be symbolic links (DataLad/git-annex clones, OpenNeuro downloads): they keep
+    their dataset paths (links are not resolved); a link whose target is missing (content not
+    fetched) is a :class:`~qsmprep.io.errors.MissingInputError` asking for ``datalad get``.
 """
 
 from __future__ import annotations
@@ -74,6 +82,10 @@ from qsmprep.io.errors import (
 )
 from qsmprep.io.nifti import (
     check_3d,
+    check_affine,
+    check_min_size,
+    check_missing_content,
+    check_real,
     describe_grid,
     load_image,
     read_volume,
@@ -82,16 +94,21 @@ from qsmprep.io.nifti import (
     scan_volume,
     wrap_phase,
 )
+from qsmprep.numerics.geometry import b0_direction_from_affine, voxel_sizes
 
 __all__ = [
     'B0_NORM_TOL',
+    'BIDS_FILTER_KEYS',
+    'FIELD_STRENGTH_RANGE',
     'PHASE_UNITS',
+    'check_bids_filters',
     'check_json_files',
     'collect_subjects',
     'find_user_mask',
     'load_mask',
     'load_orientation',
     'normalize_labels',
+    'read_bids_filters',
     'read_json',
 ]
 
@@ -103,6 +120,11 @@ PHASE_UNITS = ('rad', 'arbitrary')
 B0_NORM_TOL = 1e-2
 #: EchoTime values above this many seconds are taken as milliseconds and refused.
 MAX_ECHO_TIME = 1.0
+#: Plausible ``MagneticFieldStrength`` (T): from low-field systems to the strongest human MRI
+#: (21.1 T); outside it the value is in the wrong unit (3000 for 3 T in mT).
+FIELD_STRENGTH_RANGE = (0.1, 21.1)
+#: Labels listed in an error message before "… and N more".
+_MAX_LISTED = 10
 #: Slack (rad) on the plausible range of radian phase.
 _RAD_TOL = 1e-3
 #: pybids' names of the orientation entities.
@@ -143,6 +165,18 @@ def normalize_labels(labels: Iterable[str] | None, prefix: str = 'sub') -> list[
     return out
 
 
+def _listing(items, limit: int = _MAX_LISTED) -> str:
+    """Comma-separated items, the first ``limit`` only, then "… and N more".
+
+    >>> _listing(['01', '02', '03'], limit=2)
+    '01, 02, … and 1 more'
+    """
+    items = [str(x) for x in items]
+    if len(items) <= limit:
+        return ', '.join(items)
+    return ', '.join(items[:limit]) + f', … and {len(items) - limit} more'
+
+
 def _sidecar_of(path: Path) -> Path:
     name = path.name
     stem = name[:-7] if name.endswith('.nii.gz') else path.stem
@@ -152,6 +186,7 @@ def _sidecar_of(path: Path) -> Path:
 def read_json(path) -> dict:
     """Read a JSON object; raise :class:`MetadataError` naming the file, line and column."""
     path = Path(path)
+    check_missing_content(path)
     try:
         text = path.read_text(encoding='utf-8')
     except (OSError, UnicodeDecodeError) as exc:
@@ -202,6 +237,7 @@ def collect_subjects(
     session_labels: Sequence[str] | None = None,
     derivatives=None,
     reference: str | None = None,
+    bids_filters: dict | None = None,
 ) -> list[SubjectData]:
     """Find, group and validate the MEGRE input of the selected participants.
 
@@ -219,6 +255,10 @@ def collect_subjects(
     reference : str, optional
         Label of the reference orientation (default rule:
         :func:`~qsmprep.io.datamodel.select_reference`).
+    bids_filters : dict, optional
+        ``{"megre": {entity: value or [values]}}`` (pybids entity names, as in fMRIPrep's
+        ``--bids-filter-file``; :func:`check_bids_filters`): only the MEGRE files matching
+        every entity are collected.
 
     Returns
     -------
@@ -233,11 +273,12 @@ def collect_subjects(
     BIDSValidationError (16)
         Not a BIDS dataset (no ``dataset_description.json``), MEGRE file without ``echo-``.
     NoMatchingDataError (18)
-        A participant or session label is not in the dataset.
+        A participant or session label is not in the dataset; ``bids_filters`` match no
+        MEGRE file.
     MetadataError / DataError (65)
         Sidecar or image problems (see the module docstring).
     UsageError (64)
-        ``reference`` names no orientation.
+        ``reference`` names no orientation; ``bids_filters`` is not a valid filter.
     """
     bids_dir = Path(bids_dir)
     if not bids_dir.is_dir():
@@ -253,14 +294,15 @@ def collect_subjects(
     layout = _layout(bids_dir)
     wanted = normalize_labels(participant_labels, 'sub')
     sessions_wanted = normalize_labels(session_labels, 'ses')
+    megre_filter = check_bids_filters(bids_filters or {}).get('megre', {})
 
     available = sorted(layout.get_subjects())
     if wanted:
         missing = [s for s in wanted if s not in available]
         if missing:
             raise NoMatchingDataError(
-                f'participant label(s) {", ".join(missing)} not found in {bids_dir}; '
-                f'available: {", ".join(available) or "none"}',
+                f'participant label(s) {_listing(missing)} not found in {bids_dir}; '
+                f'available: {_listing(available) or "none"}',
                 hint='use one of the available labels (with or without the sub- prefix)',
             )
     subjects = sorted(wanted) if wanted else available
@@ -275,7 +317,7 @@ def collect_subjects(
             matched_session = matched_session or bool(sessions)
         any_megre = False
         for ses in sessions:
-            files = _megre_files(layout, sub, ses)
+            files = _megre_files(layout, sub, ses, megre_filter)
             if not files:
                 continue
             any_megre = True
@@ -292,17 +334,30 @@ def collect_subjects(
     if sessions_wanted is not None and not matched_session:
         all_ses = sorted(layout.get_sessions(suffix='MEGRE'))
         raise NoMatchingDataError(
-            f'session label(s) {", ".join(sessions_wanted)} not found for the selected '
-            f'participants; sessions with MEGRE data: {", ".join(all_ses) or "none"}',
+            f'session label(s) {_listing(sessions_wanted)} not found for the selected '
+            f'participants; sessions with MEGRE data: {_listing(all_ses) or "none"}',
             hint='use one of the available session labels or drop --session-label',
         )
+    if not found and megre_filter and any(_megre_files(layout, s, ses, {})
+                                          for s in subjects
+                                          for ses in (layout.get_sessions(subject=s) or [None])):
+        raise NoMatchingDataError(
+            f'the BIDS filter {json.dumps({"megre": megre_filter})} matches no MEGRE file '
+            f'of {_listing([f"sub-{s}" for s in subjects])}',
+            hint='check the entity names (pybids names: acquisition, session, run, ...) and '
+                 'the labels (without their acq-/ses- prefixes) of --bids-filter-file',
+        )
     if not found:
-        who = ', '.join(f'sub-{s}' for s in subjects) or 'any subject'
+        who = _listing([f'sub-{s}' for s in subjects]) or 'any subject'
         raise MissingInputError(
             f'no MEGRE files found for {who} in {bids_dir}', path=bids_dir,
             hint=f'qsmprep needs multi-echo GRE magnitude and phase images named {_EXPECTED}',
         )
     for sub in without:
+        if megre_filter:
+            LOGGER.warning('sub-%s has no MEGRE files matching the BIDS filter; skipping it',
+                           sub)
+            continue
         if wanted:
             raise MissingInputError(
                 f'no MEGRE files found for sub-{sub}', path=bids_dir / f'sub-{sub}',
@@ -330,13 +385,125 @@ def _layout(bids_dir: Path):
         ) from None
 
 
-def _megre_files(layout, sub: str, ses: str | None):
+def _megre_files(layout, sub: str, ses: str | None, megre_filter: dict):
     from bids.layout import Query
 
+    query = dict(megre_filter)
+    for entity, label in (('subject', sub), ('session', ses)):
+        if entity in query:  # restricts the subject/session loop of collect_subjects
+            allowed = query.pop(entity)
+            allowed = allowed if isinstance(allowed, list) else [allowed]
+            if label is None or label not in [str(a) for a in allowed]:
+                return []
     return layout.get(
-        subject=sub, session=ses if ses is not None else Query.NONE, suffix='MEGRE',
-        datatype='anat', extension=['.nii', '.nii.gz'],
+        **query, subject=sub, session=ses if ses is not None else Query.NONE,
+        suffix='MEGRE', datatype='anat', extension=['.nii', '.nii.gz'],
     )
+
+
+# --------------------------------------------------------------------------------------------
+# BIDS filters (--bids-filter-file)
+
+#: Top-level keys of a BIDS filter: the query each one restricts (MEGRE: the input images).
+BIDS_FILTER_KEYS = ('megre',)
+#: Entities qsmprep sets itself in its queries.
+_FIXED_ENTITIES = ('suffix', 'datatype', 'extension')
+
+
+def _pybids_entities() -> dict[str, str]:
+    """pybids' entity names of the ``bids`` configuration → their file-name keys."""
+    from bids.layout.models import Config
+
+    out = {}
+    for name, entity in Config.load('bids').entities.items():
+        m = re.search(r'\]\+(\w+)-\(', entity.pattern or '')
+        out[name] = m.group(1) if m else name
+    return out
+
+
+def check_bids_filters(filters, *, source=None) -> dict:
+    """Validate a BIDS filter: ``{"megre": {entity: value or [values], ...}}``.
+
+    Entities are pybids names (``subject``, ``session``, ``acquisition``, ``run``, ``echo``,
+    …), values labels without their prefix (``"ori01"``, not ``"acq-ori01"``) or indices,
+    one or a list.  ``suffix``, ``datatype`` and ``extension`` are qsmprep's.  Returns a copy
+    with lists; raises :class:`~qsmprep.io.errors.UsageError` (64) naming ``source`` (the
+    file) otherwise.
+
+    >>> check_bids_filters({'megre': {'acquisition': ['ori01', 'ori02'], 'run': 1}})
+    {'megre': {'acquisition': ['ori01', 'ori02'], 'run': 1}}
+    >>> check_bids_filters({'megre': {'acq': 'ori01'}})
+    Traceback (most recent call last):
+    ...
+    qsmprep.io.errors.UsageError: BIDS filter: "megre": unknown entity 'acq' (did you mean \
+'acquisition'?). Fix: ...
+    """
+    example = '{"megre": {"session": "01", "acquisition": ["ori01", "ori02"], "run": 1}}'
+    hint = (f'write a JSON object like {example}: "megre" restricts the MEGRE files, with '
+            'pybids entity names and labels without their prefixes')
+
+    def fail(message):
+        raise UsageError(f'BIDS filter: {message}', path=source, hint=hint)
+
+    if not isinstance(filters, dict):
+        fail(f'must be a JSON object with the key "megre", not {type(filters).__name__}')
+    unknown = sorted(set(filters) - set(BIDS_FILTER_KEYS))
+    if unknown:
+        fail(f'unknown key(s) {", ".join(map(repr, unknown))}; qsmprep reads '
+             + ', '.join(map(repr, BIDS_FILTER_KEYS)))
+    out: dict[str, dict] = {}
+    entities = None
+    for key, query in filters.items():
+        if not isinstance(query, dict):
+            fail(f'"{key}" must be an object of entities and values, not '
+                 f'{type(query).__name__}')
+        entities = entities or _pybids_entities()
+        checked = {}
+        for entity, value in query.items():
+            if entity in _FIXED_ENTITIES:
+                fail(f'"{key}": qsmprep sets "{entity}" itself; filter on the other entities')
+            if entity not in entities:
+                guess = [n for n, tag in entities.items() if tag == entity]
+                known = ', '.join(sorted(set(entities) - set(_FIXED_ENTITIES)))
+                fail(f'"{key}": unknown entity {entity!r}'
+                     + (f' (did you mean {guess[0]!r}?)' if guess else
+                        f'; pybids entities: {known}'))
+            values = value if isinstance(value, list) else [value]
+            if not values or not all(isinstance(v, str | int) and not isinstance(v, bool)
+                                     for v in values):
+                fail(f'"{key}": {entity} must be a label, an index or a non-empty list of '
+                     f'them, not {json.dumps(value)}' + (
+                         ' (null and wildcards are not supported: leave the entity out to '
+                         'accept any value)' if None in values else ''))
+            tag = entities[entity]
+            prefixed = [v for v in values if isinstance(v, str) and v.startswith(f'{tag}-')]
+            if prefixed:
+                fail(f'"{key}": {entity} {prefixed[0]!r}: write the label without "{tag}-"')
+            checked[entity] = list(value) if isinstance(value, list) else value
+        out[key] = checked
+    return out
+
+
+def read_bids_filters(path) -> dict:
+    """Read and validate a ``--bids-filter-file`` (JSON, :func:`check_bids_filters`).
+
+    Raises :class:`~qsmprep.io.errors.MissingInputError` (66) when the file is absent,
+    :class:`~qsmprep.io.errors.UsageError` (64) when it is not valid JSON or not a filter.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError('BIDS filter file (--bids-filter-file) does not exist',
+                                path=path, hint='pass a JSON file such as '
+                                '{"megre": {"acquisition": ["ori01", "ori02"]}}')
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = (f' at line {exc.lineno} column {exc.colno}'
+                 if isinstance(exc, json.JSONDecodeError) else '')
+        raise UsageError(f'BIDS filter file is not valid JSON ({getattr(exc, "msg", exc)}'
+                         f'{where})', path=path,
+                         hint='fix the JSON syntax (double quotes, no trailing commas)') from None
+    return check_bids_filters(data, source=path)
 
 
 def _subject_data(sub, ses, orientations, reference) -> SubjectData:
@@ -540,8 +707,6 @@ def _build_orientation(sub, ses, key, members: list[_File]) -> Orientation:
     if b0 is not None:
         direction, source = b0, 'sidecar'
     else:
-        from qsmprep.numerics.dipole import b0_direction_from_affine
-
         direction, source = b0_direction_from_affine(affine), 'affine'
     ent = dict(zip(ENTITY_ORDER, key))
     return Orientation(
@@ -595,6 +760,15 @@ def _field_strength(f: _File, *, required: bool) -> float | None:
         raise MetadataError(
             f'"MagneticFieldStrength" must be a positive number in tesla; got {value!r}',
             path=sidecar, hint='e.g. "MagneticFieldStrength": 3',
+        )
+    lo, hi = FIELD_STRENGTH_RANGE
+    if not lo <= value <= hi:
+        fix = (f'"MagneticFieldStrength": {value / 1000:g} if {value:g} is in mT'
+               if value > hi else '"MagneticFieldStrength": 3 for a 3 T scanner')
+        raise MetadataError(
+            f'"MagneticFieldStrength" is {value:g}, outside the plausible {lo:g}-{hi:g} T: '
+            'it must be the nominal field in tesla (BIDS)', path=sidecar,
+            hint=f'tesla expected, e.g. 3 or 7: write {fix}',
         )
     return float(value)
 
@@ -656,11 +830,13 @@ def _check_images(echoes: list[EchoFiles]):
         for path, is_phase in ((e.magnitude, False), (e.phase, True)):
             img = load_image(path)
             shape = check_3d(img, path)
-            affine = np.asarray(img.affine, dtype=float)
+            check_real(img, path, 'phase' if is_phase else 'mag')
+            affine = check_affine(img, path)
             if ref_path is None:
+                check_min_size(shape, affine, path)
                 ref_path, ref_shape, ref_affine = path, shape, affine
-                zooms = img.header.get_zooms()[:3]
-                voxel_size = tuple(float(z) for z in zooms)
+                # from the affine, as every interface computes them (pixdim may disagree)
+                voxel_size = tuple(float(z) for z in voxel_sizes(affine))
                 if not all(np.isfinite(z) and z > 0 for z in voxel_size):
                     raise DataError(f'voxel sizes {voxel_size} are not positive', path=path,
                                     hint='fix the NIfTI header (pixdim)')
@@ -681,6 +857,13 @@ def _check_images(echoes: list[EchoFiles]):
             raise DataError(
                 f'{st.n_nonfinite} non-finite values (NaN/Inf) in the image', path=path,
                 hint='replace them (e.g. with 0 outside the head) or re-export the image',
+            )
+        if st.n_nonzero == 0:
+            what = 'phase' if is_phase else 'magnitude'
+            raise DataError(
+                f'{what} image is all zeros', path=path,
+                hint='re-export the series (an empty or failed conversion): every echo needs '
+                     'a magnitude (brain mask, echo weights, registration) and a phase image',
             )
         if is_phase:
             lo, hi = min(lo, st.minimum), max(hi, st.maximum)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qsmprep.numerics.geometry import superior_voxel_axis  # re-exported (public name)
+
 __all__ = [
     'ENTITY_ORDER',
     'EchoFiles',
@@ -79,10 +81,11 @@ class Orientation:
         Unit vector of B0 in the voxel-axis frame of this orientation's grid.
     b0_source : {'sidecar', 'affine'}
         Where ``b0_direction`` came from: the sidecar ``B0_dir`` (normalised) or the affine
-        (``b̂ = R⁻¹ ẑ``, :func:`qsmprep.numerics.dipole.b0_direction_from_affine`).
+        (``b̂ = R⁻¹ ẑ``, :func:`qsmprep.numerics.geometry.b0_direction_from_affine`).
     shape : tuple of 3 int
     voxel_size : tuple of 3 float
-        In mm (NIfTI zooms).
+        In mm, from the affine (:func:`qsmprep.numerics.geometry.voxel_sizes`), as the
+        interfaces compute them.
     affine : (4, 4) ndarray
         Voxel → world (mm) affine shared by all files of the orientation (read-only).
     phase_range : tuple of 2 float or None
@@ -202,21 +205,6 @@ class SubjectData:
         They are only comparable after registration to a common reference frame.
         """
         return np.array([o.b0_direction for o in self.orientations])
-
-
-def superior_voxel_axis(affine) -> int:
-    """Index of the voxel axis whose world direction is closest to superior (world ±z).
-
-    This is the axis labelled ``S`` or ``I`` by :func:`nibabel.aff2axcodes`.
-
-    >>> superior_voxel_axis(np.eye(4))
-    2
-    >>> superior_voxel_axis([[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]])  # coronal
-    1
-    """
-    M = np.asarray(affine, dtype=float)[:3, :3]
-    cosines = M / np.linalg.norm(M, axis=0)
-    return int(np.argmax(np.abs(cosines[2])))
 
 
 def reference_scores(orientations: Sequence[Orientation]) -> np.ndarray:

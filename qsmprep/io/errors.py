@@ -22,13 +22,19 @@ Code Exception                      Meaning
                                     support (``linear-fit`` with one echo), unknown
                                     ``--reference-orientation``
 65   :class:`DataError`,            input data incorrect: image values or geometry (NaN/Inf,
-     :class:`MetadataError`         4-D echo files, mismatched grids, unreadable NIfTI) or
-                                    sidecar metadata (missing/invalid ``EchoTime``, ``Units``,
-                                    ``B0_dir``, ``MagneticFieldStrength``, malformed JSON)
+     :class:`MetadataError`         complex values, all zeros, 4-D echo files, mismatched
+                                    grids, singular affine, grid under 16 voxels or 16 mm
+                                    along an axis, unreadable NIfTI) or sidecar metadata
+                                    (missing/invalid ``EchoTime``, ``Units``, ``B0_dir``,
+                                    ``MagneticFieldStrength`` outside 0.1-21.1 T, malformed
+                                    JSON)
 66   :class:`MissingInputError`     valid BIDS, but required files missing: ``bids_dir``, no
                                     MEGRE files, phase without magnitude for an echo or vice
-                                    versa, ``--derivatives``/``--model`` path absent
+                                    versa, ``--derivatives``/``--model`` path absent, a
+                                    DataLad/git-annex link whose content is not fetched
 73   :class:`CantCreateError`       output or work directory cannot be created or written
+74   :class:`DiskFullError`         input/output error: no space left (or quota exceeded) in
+                                    ``output_dir`` or the work directory
 ==== ============================== =========================================================
 
 Codes 17 (unknown analysis level) and 19 (CLI arguments plus an invocation file) of the draft
@@ -52,6 +58,7 @@ __all__ = [
     'BIDSValidationError',
     'CantCreateError',
     'DataError',
+    'DiskFullError',
     'MetadataError',
     'MissingInputError',
     'NoMatchingDataError',
@@ -129,6 +136,12 @@ class CantCreateError(QsmprepError):
     exit_code = 73
 
 
+class DiskFullError(QsmprepError):
+    """No space left (or quota exceeded) while writing outputs (exit 74, ``EX_IOERR``)."""
+
+    exit_code = 74
+
+
 #: Exit code → (exception class, meaning); the table documented above, for docs and tests.
 EXIT_CODES: dict[int, tuple[type[QsmprepError] | None, str]] = {
     0: (None, 'success'),
@@ -139,4 +152,5 @@ EXIT_CODES: dict[int, tuple[type[QsmprepError] | None, str]] = {
     65: (DataError, 'input data incorrect (values, geometry or sidecar metadata)'),
     66: (MissingInputError, 'valid BIDS, but required files missing'),
     73: (CantCreateError, 'cannot create output'),
+    74: (DiskFullError, 'input/output error: no space left on the output or work disk'),
 }

@@ -7,19 +7,30 @@ The only module (with :mod:`qsmprep.io.bids`) that touches image files.  Errors 
 from __future__ import annotations
 
 import dataclasses
+import os
 import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from qsmprep.io.errors import DataError
+from qsmprep.io.errors import DataError, MissingInputError
+from qsmprep.numerics.geometry import voxel_sizes
+
+# the project's one phase-wrapping convention, [-π, π) (re-exported here for io callers)
+from qsmprep.numerics.unwrap import wrap_phase
 
 __all__ = [
     'AFFINE_ATOL',
     'CHUNK_VOXELS',
+    'MIN_EXTENT_MM',
+    'MIN_VOXELS',
     'VolumeStats',
     'check_3d',
+    'check_affine',
+    'check_min_size',
+    'check_missing_content',
+    'check_real',
     'describe_grid',
     'load_image',
     'read_volume',
@@ -36,10 +47,36 @@ AFFINE_ATOL = 1e-3
 #: volume is read in one piece; only larger volumes are scanned slab by slab.
 CHUNK_VOXELS = 2**25
 
+#: Fewest voxels along any axis the pipeline can process: the brain mask is eroded by 2
+#: voxels, V-SHARP's smallest kernel radius is 2 voxels more, and brain extraction needs
+#: background around the head (a 12x14x12 head fails in V-SHARP, 16x18x16 runs).
+MIN_VOXELS = 16
+#: Smallest field of view (mm) along any axis: registration starts at an 8 mm pyramid level,
+#: where an 8 mm image is a single voxel (SimpleITK fails); 16 mm runs.
+MIN_EXTENT_MM = 16.0
+#: ``|det A| / prod(|column|)`` below this is a degenerate (singular) voxel-to-world matrix.
+_MIN_AFFINE_VOLUME = 1e-6
+
+
+def check_missing_content(path) -> None:
+    """Raise :class:`MissingInputError` for a symbolic link whose target is absent.
+
+    That is what a DataLad/git-annex clone holds for files whose content was not fetched.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise MissingInputError(
+            f'file content is not present (symbolic link to the missing {os.readlink(path)})',
+            path=path,
+            hint='in a DataLad/git-annex dataset fetch the data first: `datalad get '
+                 f'{path.parent}` (or `git annex get .`)',
+        )
+
 
 def load_image(path) -> nib.Nifti1Image:
     """Load a NIfTI header (data stay on disk) or raise :class:`DataError`."""
     path = Path(path)
+    check_missing_content(path)
     try:
         return nib.load(path)
     except Exception as exc:  # nibabel raises many kinds (ImageFileError, OSError, EOFError)
@@ -69,6 +106,86 @@ def check_3d(img, path) -> tuple[int, int, int]:
     return shape[:3]
 
 
+def check_real(img, path, part: str) -> None:
+    """Refuse complex-valued images: reading them as real would drop the imaginary part.
+
+    ``part`` is ``'mag'`` or ``'phase'`` (for the message).
+    """
+    dtype = img.get_data_dtype()
+    if dtype.kind != 'c':
+        return
+    if part == 'phase':
+        hint = ('store the phase as real values, in radians ("Units": "rad", e.g. the angle '
+                'of the complex signal) or in scanner arbitrary units ("Units": '
+                '"arbitrary"), and the modulus as the part-mag image')
+    else:
+        hint = ('store the magnitude as real values (the modulus of the complex signal) and '
+                'the angle as the part-phase image')
+    raise DataError(f'{"phase" if part == "phase" else "magnitude"} image is stored as complex '
+                    f'values ({dtype.name}); qsmprep would silently drop the imaginary part',
+                    path=path, hint=hint)
+
+
+def check_affine(img, path) -> np.ndarray:
+    """Return the affine of ``img`` as float; refuse a non-finite or singular one.
+
+    A singular affine (e.g. an all-zero sform) has no voxel sizes and no B0 direction.
+
+    >>> img = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.diag([0.5, 0.5, 2.0, 1.0]))
+    >>> check_affine(img, 'x.nii').diagonal().tolist()
+    [0.5, 0.5, 2.0, 1.0]
+    """
+    A = np.asarray(img.affine, dtype=float)
+    M = A[:3, :3]
+    ok = bool(np.all(np.isfinite(A)))
+    if ok:
+        norms = np.linalg.norm(M, axis=0)
+        ok = bool(np.all(norms > 0)) and (
+            abs(np.linalg.det(M)) > _MIN_AFFINE_VOLUME * float(np.prod(norms)))
+    if not ok:
+        rows = '; '.join(' '.join(f'{x:.4g}' for x in r) for r in A[:3])
+        raise DataError(
+            f'the voxel-to-world affine is singular or not finite ([{rows}]): the image has '
+            'no valid geometry', path=path,
+            hint='write a valid sform/qform into the NIfTI header (re-run the DICOM to NIfTI '
+                 'conversion, e.g. dcm2niix; or copy the affine of a correct echo with '
+                 'nibabel)',
+        )
+    return A
+
+
+def check_min_size(shape, affine, path) -> None:
+    """Refuse grids too small to process (:data:`MIN_VOXELS`, :data:`MIN_EXTENT_MM`).
+
+    >>> try:
+    ...     check_min_size((4, 4, 4), np.eye(4), 'x.nii')
+    ... except DataError as exc:
+    ...     print(exc.message)
+    image is 4x4x4 voxels, too small to process: qsmprep needs at least 16 voxels along every axis
+    >>> check_min_size((64, 64, 32), np.diag([1.0, 1.0, 2.0, 1.0]), 'x.nii')  # passes
+    """
+    shape = tuple(int(n) for n in shape)
+    text = 'x'.join(map(str, shape))
+    if min(shape) < MIN_VOXELS:
+        raise DataError(
+            f'image is {text} voxels, too small to process: qsmprep needs at least '
+            f'{MIN_VOXELS} voxels along every axis', path=path,
+            hint='give the full field of view of the head (brain extraction needs background '
+                 'around it, V-SHARP kernels of 2 voxels and more inside the eroded brain '
+                 'mask)',
+        )
+    extent = np.asarray(shape, float) * voxel_sizes(affine)
+    if extent.min() < MIN_EXTENT_MM - AFFINE_ATOL:  # float32 affines: 15.9999 is 16
+        fov = ' x '.join(f'{e:.4g}' for e in extent)
+        raise DataError(
+            f'field of view {fov} mm is too small to process: qsmprep needs at least '
+            f'{MIN_EXTENT_MM:g} mm along every axis (registration starts at 8 mm resolution)',
+            path=path,
+            hint='check the voxel sizes in the header (pixdim, sform/qform in mm) and give the '
+                 'full field of view of the head',
+        )
+
+
 def same_grid(shape_a, affine_a, shape_b, affine_b, *, atol: float = AFFINE_ATOL) -> bool:
     """True when two images share shape and affine (entries within ``atol`` mm).
 
@@ -89,7 +206,7 @@ def describe_grid(shape, affine) -> str:
     'shape 8x8x6, voxel 1x1x2 mm, origin (0, 0, 0)'
     """
     A = np.asarray(affine, dtype=float)
-    vs = np.linalg.norm(A[:3, :3], axis=0)
+    vs = voxel_sizes(A)
     origin = ', '.join(f'{x:.4g}' for x in A[:3, 3] + 0.0)
     return (f'shape {"x".join(str(int(n)) for n in shape)}, '
             f'voxel {"x".join(f"{v:.4g}" for v in vs)} mm, origin ({origin})')
@@ -152,18 +269,6 @@ def read_volume(path, *, dtype=np.float32) -> np.ndarray:
         raise DataError(f'cannot read the image data ({type(exc).__name__}: {exc})', path=path,
                         hint='check that the file is complete') from None
     return data.reshape(shape).astype(dtype, copy=False)
-
-
-def wrap_phase(phase):
-    """Wrap radians into ``[-π, π)``: ``φ - 2π·floor((φ + π) / 2π)``.
-
-    >>> wrap_phase(np.array([np.pi, -np.pi, 3 * np.pi / 2, 0.5])).round(6).tolist()
-    [-3.141593, -3.141593, -1.570796, 0.5]
-    """
-    phase = np.asarray(phase)
-    two_pi = phase.dtype.type(2 * np.pi) if phase.dtype.kind == 'f' else 2 * np.pi
-    half = two_pi / 2
-    return phase - two_pi * np.floor((phase + half) / two_pi)
 
 
 def rescale_arbitrary_phase(values, vmin: float, vmax: float, *, integer: bool):

@@ -15,6 +15,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from qsmprep.numerics.geometry import rotation_about
+
 __all__ = ['edit_sidecar', 'make_megre_dataset', 'megre_path', 'rotation_affine',
            'write_training_derivatives']
 
@@ -29,15 +31,9 @@ def rotation_affine(angle_deg: float = 0.0, axis: str = 'x', voxel_size=(1.0, 1.
     >>> np.round(A[:3, 2], 6).tolist()  # the voxel z axis now points along world -y
     [0.0, -1.0, 0.0]
     """
-    t = np.deg2rad(angle_deg)
-    c, s = np.cos(t), np.sin(t)
-    R = {
-        'x': [[1, 0, 0], [0, c, -s], [0, s, c]],
-        'y': [[c, 0, s], [0, 1, 0], [-s, 0, c]],
-        'z': [[c, -s, 0], [s, c, 0], [0, 0, 1]],
-    }[axis]
+    R = rotation_about(np.eye(3)['xyz'.index(axis)], angle_deg)
     A = np.eye(4)
-    A[:3, :3] = np.asarray(R) @ np.diag(np.asarray(voxel_size, dtype=float))
+    A[:3, :3] = R @ np.diag(np.asarray(voxel_size, dtype=float))
     A[:3, 3] = -A[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
     return A
 
@@ -102,7 +98,7 @@ def make_megre_dataset(
     sessions: Sequence[str | None] = (None,),
     orientations: Sequence[str | Mapping | None] = ('ori01',),
     echo_times: Sequence[float] = (0.004, 0.008, 0.012),
-    shape: Sequence[int] = (8, 8, 6),
+    shape: Sequence[int] = (16, 16, 16),
     voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
     field_strength: float = 3.0,
     b0_dirs: Sequence | None = None,
@@ -125,6 +121,8 @@ def make_megre_dataset(
     echo_times : sequence of float
         In s; one echo per value (``echo-1`` … ``echo-N``).
     shape, voxel_size : 3 ints, 3 floats (mm)
+        Default 16x16x16 voxels of 1 mm, the smallest grid validation accepts
+        (:data:`qsmprep.io.nifti.MIN_VOXELS`).
     field_strength : float
         ``MagneticFieldStrength`` (T) written to every sidecar.
     b0_dirs : sequence of 3-vectors or None, optional

@@ -1,4 +1,4 @@
-"""Dipole kernel in k-space and B0 direction in the image frame.
+"""Dipole kernel in k-space.
 
 Conventions (see ``docs/physics.md``):
 
@@ -6,7 +6,8 @@ Conventions (see ``docs/physics.md``):
   ``rfftfreq`` for the half spectrum used with :func:`qsmprep.numerics.fft.rfftn`);
 * ``D(k) = 1/3 − (k·b̂)²/|k|²`` with ``D(0) = 0`` (the mean of χ is not recoverable);
 * ``b̂`` is a unit vector in the **voxel-axis frame** of the array (the frame of the
-  ``B0_dir`` sidecar key of qsm-forward / QSMxT / QSM-CI).
+  ``B0_dir`` sidecar key of qsm-forward / QSMxT / QSM-CI); it is computed from affines and
+  world transforms by :mod:`qsmprep.numerics.geometry`.
 
 Nyquist planes
 --------------
@@ -25,8 +26,7 @@ import numpy as np
 
 from qsmprep.numerics._checks import as_direction, as_voxel_size
 
-__all__ = ['b0_direction_from_affine', 'b0_direction_from_rotation', 'dipole_kernel',
-           'kspace_coordinates', 'kspace_products', 'nyquist_mask']
+__all__ = ['dipole_kernel', 'kspace_coordinates', 'kspace_products', 'nyquist_mask']
 
 _NYQUIST = ('symmetrize', 'zero', 'none')
 
@@ -162,71 +162,3 @@ def dipole_kernel(shape, voxel_size=1.0, b0_direction=(0.0, 0.0, 1.0), *, rfft: 
     if nyquist == 'zero':
         D = np.where(nyq[0] | nyq[1] | nyq[2], 0.0, D)
     return np.ascontiguousarray(D, dtype=dtype)
-
-
-def _direction_cosines(affine) -> np.ndarray:
-    A = np.asarray(affine, dtype=float)
-    if A.shape not in ((4, 4), (3, 3)) or not np.all(np.isfinite(A)):
-        raise ValueError(f'affine must be a finite 4x4 (or 3x3) matrix; got shape {A.shape}')
-    M = A[:3, :3]
-    norms = np.linalg.norm(M, axis=0)
-    if np.any(norms <= 0):
-        raise ValueError('affine has a zero-length voxel axis; the NIfTI header is broken')
-    return M / norms
-
-
-def b0_direction_from_affine(affine, b0_world=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """B0 direction in the voxel-axis frame of an image with a NIfTI ``affine``.
-
-    The scanner B0 is the world ``+z`` axis (RAS and LPS agree on it).  With ``R`` the
-    direction cosines of the voxel axes (columns of ``affine[:3, :3]`` divided by the voxel
-    sizes), ``b̂ = R⁻¹ ẑ`` (``= Rᵀ ẑ``, the third row of R, when R is orthonormal).  The
-    full affine accounts for ``qfac = −1`` automatically.
-
-    >>> b0_direction_from_affine(np.eye(4)).tolist()
-    [0.0, 0.0, 1.0]
-    >>> t = np.deg2rad(30)
-    >>> A = np.diag([2.0, 2.0, 3.0, 1.0])  # anisotropic voxels
-    >>> A[:3, :3] = [[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]] @ A[:3, :3]
-    >>> np.round(b0_direction_from_affine(A), 6).tolist()
-    [0.0, 0.5, 0.866025]
-    """
-    R = _direction_cosines(affine)
-    z = as_direction(b0_world, name='b0_world')
-    b = np.linalg.solve(R, z)
-    return b / np.linalg.norm(b)
-
-
-def _rotation_part(transform) -> np.ndarray:
-    T = np.asarray(transform, dtype=float)
-    if T.shape not in ((4, 4), (3, 3)) or not np.all(np.isfinite(T)):
-        raise ValueError(f'transform must be a finite 4x4 or 3x3 matrix; got shape {T.shape}')
-    U, _, Vt = np.linalg.svd(T[:3, :3])
-    Q = U @ Vt  # polar decomposition: nearest rotation (handles 12-dof matrices)
-    if np.linalg.det(Q) < 0:
-        raise ValueError('transform contains a reflection; a rigid head rotation was expected')
-    return Q
-
-
-def b0_direction_from_rotation(transform, reference_affine=None) -> np.ndarray:
-    """B0 direction of an acquisition, in the reference frame, from a world-frame transform.
-
-    Parameters
-    ----------
-    transform : (4, 4) or (3, 3) array
-        World-coordinate (mm, RAS) transform mapping points of acquisition ``i`` to the
-        reference acquisition (as from a rigid registration).  Its rotation part ``Q`` is
-        taken by polar decomposition.
-    reference_affine : (4, 4) array, optional
-        Affine of the reference image.  If given, the result is in its voxel-axis frame
-        (``b̂ = R_ref⁻¹ Q ẑ``); otherwise in reference world coordinates (``Q ẑ``).
-
-    >>> t = np.deg2rad(20)
-    >>> Q = [[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]]
-    >>> np.round(b0_direction_from_rotation(Q, np.eye(4)), 6).tolist()
-    [0.0, -0.34202, 0.939693]
-    """
-    b = _rotation_part(transform) @ np.array([0.0, 0.0, 1.0])
-    if reference_affine is not None:
-        b = np.linalg.solve(_direction_cosines(reference_affine), b)
-    return b / np.linalg.norm(b)

@@ -14,8 +14,8 @@ from collections import Counter
 import numpy as np
 import scipy.fft as sfft
 
-__all__ = ['count_ffts', 'crop', 'fast_shape', 'fftn', 'ifftn', 'irfftn', 'pad', 'rfftn',
-           'workers']
+__all__ = ['MaskBox', 'count_ffts', 'crop', 'fast_shape', 'fftn', 'ifftn', 'irfftn', 'pad',
+           'rfftn', 'workers']
 
 _COUNTS: list[Counter] = []
 
@@ -115,3 +115,43 @@ def crop(x, shape):
     """Exact inverse of :func:`pad`: the centred ``shape`` block of ``x`` (a view)."""
     off = _offsets(shape, np.shape(x))
     return x[tuple(slice(o, o + n) for o, n in zip(off, shape, strict=True))]
+
+
+class MaskBox:
+    """The bounding box of a 3-D mask, padded to a fast FFT shape: solvers that only need
+    the mask's neighbourhood work on ``pshape`` instead of the whole grid.
+
+    ``pad`` is the zero padding per side (voxels) around the box; :meth:`take` cuts an
+    array to the box and pads it, :meth:`unpad` embeds a padded result back into the full
+    grid.
+
+    >>> m = np.zeros((20, 20, 20), bool); m[5:9, 6:10, 7:12] = True
+    >>> b = MaskBox(m, 3)
+    >>> b.inner, all(p >= i + 6 for p, i in zip(b.pshape, b.inner))
+    ((4, 4, 5), True)
+    >>> x = np.random.default_rng(0).random((20, 20, 20))
+    >>> bool(np.array_equal(b.unpad(b.take(x, np.float64))[m], x[m]))
+    True
+    """
+
+    def __init__(self, mask, pad: int = 0):
+        mask = np.asarray(mask, bool)
+        if not mask.any():
+            raise ValueError('the mask is empty')
+        idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != d)))
+               for d in range(3)]
+        self.box = tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
+        self.inner = tuple(s.stop - s.start for s in self.box)
+        self.pshape = fast_shape(self.inner, pad)
+        self.shape = mask.shape
+
+    def take(self, x, dtype=None):
+        """``x`` cut to the box (as ``dtype``) and zero-padded to ``pshape``."""
+        x = np.asarray(x[self.box], dtype=dtype)
+        return pad(x, self.pshape)
+
+    def unpad(self, x, fill=0):
+        """Embed the padded array ``x`` back into the full grid (``fill`` elsewhere)."""
+        out = np.full(self.shape, fill, dtype=x.dtype)
+        out[self.box] = crop(x, self.inner)
+        return out

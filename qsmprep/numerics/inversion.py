@@ -1,4 +1,4 @@
-"""Single-orientation dipole inversion: TKD, TSVD, Tikhonov and an iterative least squares.
+"""Single-orientation dipole inversion: TKD, TSVD, Tikhonov, iterative least squares.
 
 All functions take the local field shift ``field`` (ppm) of one head orientation and return
 the susceptibility χ (ppm) on the same grid; ``voxel_size`` in mm, ``b0_direction`` a unit
@@ -23,9 +23,10 @@ from qsmprep.numerics import fft
 from qsmprep.numerics._checks import as_direction, as_mask, as_volume, as_voxel_size
 from qsmprep.numerics.dipole import dipole_kernel, kspace_coordinates
 
-__all__ = ['REGULARIZERS', 'dipole_linear_operator', 'dipole_operator', 'gradient_adjoint',
-           'gradient_kernel', 'gradient_operator', 'lsqr_inversion', 'tikhonov', 'tkd',
-           'tkd_correction_factor', 'truncated_inverse_kernel', 'tsvd']
+__all__ = ['ILSQR_DEFAULTS', 'REGULARIZERS', 'dipole_linear_operator', 'dipole_operator',
+           'gradient_adjoint', 'gradient_kernel', 'gradient_operator', 'ilsqr',
+           'ilsqr_description', 'lsqr_inversion', 'tikhonov', 'tkd', 'tkd_correction_factor',
+           'truncated_inverse_kernel', 'tsvd']
 
 #: Regularisers accepted by :func:`tikhonov` and :func:`lsqr_inversion`.
 REGULARIZERS = ('identity', 'gradient')
@@ -226,7 +227,7 @@ def tkd_correction_factor(threshold: float = 0.15, *, shape=None, voxel_size=1.0
 
 
 def tkd(field, *, voxel_size=1.0, b0_direction=(0.0, 0.0, 1.0), threshold: float = 0.15,
-        correction: bool = False, mask=None, padding=0):
+        correction: bool = False, mask=None, padding=0, demean: bool = False):
     """Thresholded k-space division (TKD).
 
     Parameters
@@ -246,11 +247,15 @@ def tkd(field, *, voxel_size=1.0, b0_direction=(0.0, 0.0, 1.0), threshold: float
         Field and result are zeroed outside it.
     padding : int or 3 ints
         Zero padding per side in voxels (rounded up to a fast FFT size).
+    demean : bool
+        Subtract the mean inside ``mask`` (χ is defined up to a constant; the participant
+        pipeline's ``desc-tkd_Chimap`` is demeaned so).
 
     Returns
     -------
     ndarray, shape (X, Y, Z)
-        χ in ppm (float32 for float32 input, else float64), zero mean over the padded grid.
+        χ in ppm (float32 for float32 input, else float64), zero mean over the padded grid
+        (over ``mask`` with ``demean``).
 
     Notes
     -----
@@ -280,6 +285,10 @@ def tkd(field, *, voxel_size=1.0, b0_direction=(0.0, 0.0, 1.0), threshold: float
     chi = _direct(field, kernel, voxel_size, b0_direction, mask, padding)
     if correction:
         chi *= chi.dtype.type(tkd_correction_factor(t))
+    if demean and mask is not None:
+        m = np.asarray(mask, bool)
+        if m.any():
+            chi[m] -= chi[m].mean()
     return chi
 
 
@@ -673,3 +682,93 @@ def lsqr_inversion(field, *, voxel_size=1.0, b0_direction=(0.0, 0.0, 1.0), mask=
             'data_residuals': np.array(data_res), 'normal_residuals': np.array(nres),
             'ffts': int(nfft['total'])}
     return chi, info
+
+
+# --------------------------------------------------------------------------------------------
+# the classical baseline of the participant level (``--inversion ilsqr``)
+# --------------------------------------------------------------------------------------------
+
+#: Defaults of :func:`ilsqr`: λ on ``‖∇χ‖²`` (∇ in mm⁻¹), relative normal-equation residual
+#: tolerance, iteration cap.
+ILSQR_DEFAULTS = {'lam': 1e-2, 'tol': 1e-3, 'maxiter': 100}
+
+
+def ilsqr(field, mask, *, voxel_size=1.0, b0_direction=(0.0, 0.0, 1.0),
+          lam: float = ILSQR_DEFAULTS['lam'], tol: float = ILSQR_DEFAULTS['tol'],
+          maxiter: int = ILSQR_DEFAULTS['maxiter'], padding=0):
+    """Masked, gradient-regularised iterative inversion: qsmprep's classical baseline.
+
+    Minimises
+
+    .. math:: \\|M (D ⊗ Mχ − δ)\\|_2^2 + λ \\|∇ (Mχ)\\|_2^2
+
+    by CGLS (:func:`lsqr_inversion` with ``regularizer='gradient'``), in float32.  ``M`` is
+    the brain mask (data fitted and χ estimated only inside it; χ = 0 outside), ∇ the
+    forward-difference gradient in mm⁻¹ (so λ does not depend on the voxel size).
+
+    Parameters
+    ----------
+    field : ndarray, shape (X, Y, Z)
+        Local field shift in ppm.
+    mask : ndarray of bool, shape (X, Y, Z)
+        Support of the local field (e.g. the V-SHARP mask).
+    voxel_size, b0_direction, padding
+        As for :func:`tkd`.
+    lam : float
+        λ >= 0 (default 0.01, of the order of sepia's iLSQR/LSQR gradient weight).
+    tol, maxiter : float, int
+        Stopping rule, independent of any ground truth: stop when the normal-equation
+        residual ``‖Aᴴr_k‖`` has fallen below ``tol·‖Aᴴr_0‖`` (default 1e-3) or after
+        ``maxiter`` iterations (default 100).  On the 2 mm demo it stops after ≈ 35
+        iterations (≈ 3 s on one core).
+
+    Returns
+    -------
+    chi : ndarray, shape (X, Y, Z), float32
+        χ in ppm, 0 outside the mask.  **Not** demeaned: the gradient penalty across the
+        mask border ties χ near the border to the 0 outside, which fixes the level that the
+        dipole kernel (``D(0) = 0``) cannot see.
+    info : dict
+        As for :func:`lsqr_inversion`, plus ``lam``, ``tol`` and ``maxiter``.
+
+    Notes
+    -----
+    Unlike TKD the data term is masked (no field outside the mask is assumed to be 0) and
+    the cone is filled by the smoothness prior instead of being clipped, so both the
+    streaking and the global underestimation of TKD are reduced (docs/learning.md: demo
+    NRMSE ≈ 31 % vs ≈ 51 % for TKD).
+
+    References
+    ----------
+    Li W et al. NeuroImage 2015;108:111 (iLSQR).  Paige CC, Saunders MA. ACM TOMS 1982;8:43.
+
+    Examples
+    --------
+    >>> from qsmprep.numerics.forward import dipole_forward
+    >>> g = np.indices((24, 24, 24)) - 11.5
+    >>> mask = (g ** 2).sum(0) < 10 ** 2
+    >>> chi = np.where((g ** 2).sum(0) < 4 ** 2, 0.1, 0.0)
+    >>> rec, info = ilsqr(dipole_forward(chi), mask)
+    >>> rec.dtype, info['converged'], bool(np.all(np.diff(info['residuals']) <= 0))
+    (dtype('float32'), True, True)
+    """
+    if mask is None:
+        raise ValueError('ilsqr needs the mask of the local field (the data support)')
+    f = np.asarray(_field(field), dtype=np.float32)
+    chi, info = lsqr_inversion(f, voxel_size=voxel_size, b0_direction=b0_direction,
+                               mask=mask, lam=lam, regularizer='gradient', maxiter=maxiter,
+                               tol=tol, padding=padding)
+    info.update(lam=float(lam), tol=float(tol), maxiter=int(maxiter))
+    return chi, info
+
+
+def ilsqr_description(lam: float = ILSQR_DEFAULTS['lam'], tol: float = ILSQR_DEFAULTS['tol'],
+                      maxiter: int = ILSQR_DEFAULTS['maxiter']) -> str:
+    """``EstimationAlgorithm`` text of :func:`ilsqr` with its parameters.
+
+    >>> ilsqr_description(maxiter=50).split('; ')[1]
+    'lambda 0.01 on |grad chi|^2 in 1/mm'
+    """
+    return (f'Masked gradient-regularised least squares (CGLS; lambda {lam:g} on '
+            f'|grad chi|^2 in 1/mm; stop at normal residual {tol:g} or {maxiter} iterations), '
+            '0 outside the mask, not demeaned')

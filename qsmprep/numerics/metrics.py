@@ -7,7 +7,8 @@ Two families of definitions are in use and they give different numbers:
   0-255).
 * **QSM Challenge 2.0 / QSM-CI** (Bilgic 2021, Milovic 2025): :func:`nrmse` with
   ``demean=True``, :func:`nrmse_detrended`, :func:`hfen` (``variant='qsmci'``),
-  :func:`xsim` (SSIM on native ppm), :func:`pearson`, and the regional (ROI-mean) metrics
+  :func:`xsim` (SSIM on native ppm; :func:`xsim_qsmci` is QSM-CI's own port, which gives
+  other numbers), :func:`pearson`, and the regional (ROI-mean) metrics
   :func:`regional_means`, :func:`regional_regression`, :func:`dgm_slope_error`.
 
 The two structural-similarity indices are **not comparable**: SSIM_2016 of a typical
@@ -31,7 +32,7 @@ from qsmprep.numerics._checks import as_mask, as_volume
 
 __all__ = ['DGM_LABELS', 'RegionalRegression', 'dgm_slope_error', 'gaussian_window_1d',
            'hfen', 'hfen_kernel', 'nrmse', 'nrmse_detrended', 'pearson', 'regional_means',
-           'regional_regression', 'ssim_2016', 'xsim']
+           'regional_regression', 'ssim_2016', 'xsim', 'xsim_qsmci']
 
 #: Deep-grey-matter labels of the QSM Challenge 2.0 / QSM-CI segmentation:
 #: 1 caudate, 2 globus pallidus, 3 putamen, 4 red nucleus, 5 dentate nucleus,
@@ -647,3 +648,65 @@ def dgm_slope_error(x, y, labels, label_ids=DGM_LABELS, *, mask=None) -> float:
     0.2
     """
     return regional_regression(x, y, labels, label_ids, mask=mask).slope_error
+
+
+def xsim_qsmci(x, y, mask=None) -> float:
+    """XSIM as QSM-CI computes it (``eval/qsm_eval.py``, a port of QSM.rs): its leaderboard's
+    XSIM.
+
+    **Not equal to** :func:`xsim` (the reference MATLAB ``compute_xsim.m``): same constants
+    (L = 1 ppm, ``C1 = 1e-4``, ``C2 = 1e-6``) and native ppm, but local statistics over a
+    5³ **uniform** window whose voxels outside the volume are left out (truncated windows),
+    and voxels where the SSIM denominator is 0 are skipped.  Report which one is used.
+
+    Parameters
+    ----------
+    x, y : array_like, 3-D
+        Reconstruction and reference in ppm (the images are filtered as given).
+    mask : array_like of bool, optional
+        Voxels over which the SSIM map is averaged (default: ``y != 0``).
+
+    Returns
+    -------
+    float
+        Mean XSIM (1 for identical images; 0 when no voxel has a non-zero denominator, as in
+        QSM-CI).
+
+    Notes
+    -----
+    With window sums ``S(·)`` over the in-volume part of the 5³ neighbourhood and ``n`` its
+    voxel count: ``μ = S(x)/n``, ``σ² = S(x²)/n − μ²``, ``σxy = S(xy)/n − μx μy``, then the
+    SSIM formula of :func:`ssim_2016`.
+
+    References
+    ----------
+    Milovic C, et al. Magn Reson Med 2025; doi:10.1002/mrm.30271 (XSIM).
+    QSM-CI, https://github.com/QSMxT/QSM-CI (``qsm_ci.qsm_eval.xsim``).
+
+    Examples
+    --------
+    >>> y = np.random.default_rng(0).normal(scale=0.05, size=(10, 10, 10))
+    >>> xsim_qsmci(y, y)
+    1.0
+    """
+    xa, ya = _pair(x, y)
+    m = _nonempty_mask(ya != 0 if mask is None else mask, xa.shape,
+                       'mask' if mask is not None else 'mask (default: y != 0)')
+    k = 5
+
+    def wsum(a):
+        return ndimage.uniform_filter(a, size=k, mode='constant', cval=0.0) * k**3
+
+    cnt = wsum(np.ones_like(xa))
+    cnt[cnt == 0] = 1.0
+    mu_x, mu_y = wsum(xa) / cnt, wsum(ya) / cnt
+    var_x = wsum(xa * xa) / cnt - mu_x * mu_x
+    var_y = wsum(ya * ya) / cnt - mu_y * mu_y
+    cov = wsum(xa * ya) / cnt - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.001**2
+    num = (2.0 * mu_x * mu_y + c1) * (2.0 * cov + c2)
+    den = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+    valid = m & (den > 0.0)
+    if not valid.any():
+        return 0.0
+    return float(np.mean(num[valid] / den[valid]))

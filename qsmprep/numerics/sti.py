@@ -6,7 +6,7 @@ Inputs common to every function here:
   reference voxel frame**, stacked on the last axis: shape ``(X, Y, Z, N)``;
 * ``b0_directions``: ``(N, 3)`` unit B0 vectors of those orientations **in that same
   reference voxel frame** (e.g. from
-  :func:`qsmprep.numerics.dipole.b0_direction_from_rotation`);
+  :func:`qsmprep.numerics.geometry.b0_direction_from_rotation`);
 * ``voxel_size`` in mm; optional common brain ``mask`` ``(X, Y, Z)`` and optional
   per-orientation masks ``orientation_masks`` ``(X, Y, Z, N)``.
 

@@ -47,22 +47,45 @@ _TWO_PI = 2.0 * np.pi
 
 
 def wrap_phase(x):
-    """Wrap phase (rad) into ``(−π, π]``.
+    """Wrap phase (rad) into the half-open interval ``[−π, π)``: the project's one convention.
 
-    ``wrap(x) = x − 2π·ceil((x − π)/2π)``; float32 input stays float32.
+    ``wrap(x) = x − 2π·floor((x + π)/2π)``, with ``π`` the value of π in the array's dtype
+    (float32 input stays float32; integers become float64), then folded once, because the
+    rounded quotient can be off by one next to ±π: the result is in ``[−π, π)`` for every
+    finite input.  Values already in ``[−π, π)`` are returned unchanged (bit for bit), so
+    wrapping is idempotent, and ``exp(i·wrap(x)) = exp(i·x)`` up to rounding.
 
-    >>> wrap_phase(np.array([np.pi, -np.pi, 3 * np.pi, 0.5, -4.0])).round(6).tolist()
-    [3.141593, 3.141593, 3.141593, 0.5, 2.283185]
+    Why ``[−π, π)`` and not the ``(−π, π]`` of :func:`numpy.angle`: it is the range of
+    scanner phase (signed 12-bit ``[−4096, 4095]`` is exactly ``x·π/4096``, and
+    ``'arbitrary'`` phase is rescaled onto it by :func:`qsmprep.io.nifti.rescale_arbitrary_phase`),
+    and it is what ``floor`` gives (``x mod 2π`` shifted by π).  The two conventions differ
+    only for values that are exactly ``±π``, which are the same angle.
+
+    >>> wrap_phase(np.array([np.pi, -np.pi, 3 * np.pi, -3 * np.pi, 0.5, 4.0])).round(6).tolist()
+    [-3.141593, -3.141593, -3.141593, -3.141593, 0.5, -2.283185]
     """
     x = np.asarray(x)
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise TypeError(f'phase must be a real numeric array; got dtype {x.dtype}')
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    out = np.ceil((x - np.pi) / _TWO_PI)
-    out *= -_TWO_PI
+    scalar = x.ndim == 0
+    x = x.reshape(-1) if scalar else x
+    pi = x.dtype.type(np.pi)
+    two_pi = x.dtype.type(_TWO_PI)  # == 2·pi exactly in every binary float type
+    out = np.floor((x + pi) / two_pi)
+    out *= -two_pi
     out += x
-    return out
+    # the fold: exact, so x in [−π, π) comes back bit for bit even when the quotient
+    # rounded up to 1 (x just below π)
+    np.subtract(out, two_pi, out=out, where=out >= pi)
+    np.add(out, two_pi, out=out, where=out < -pi)
+    bad = ~((out >= -pi) & (out < pi)) & np.isfinite(x)
+    if bad.any():  # |x| beyond ~2π/eps: x − n·2π has lost more than 2π; fmod is exact
+        r = np.fmod(x[bad], two_pi)
+        r = np.where(r >= pi, r - two_pi, r)
+        out[bad] = np.where(r < -pi, r + two_pi, r)
+    return out[0] if scalar else out
 
 
 def _wrap_inplace(g):
@@ -229,7 +252,7 @@ def laplacian_unwrap(phase, *, voxel_size=1.0, mask=None, method: str = 'wrapped
         Choice of the undefined additive constant.  ``'congruent'`` (default): the constant
         is chosen so that the circular mean of ``φ_L − φw`` over the mask is 0 (the output
         agrees with the measured phase modulo 2π on average), and then shifted by the
-        multiple of 2π that puts the in-mask mean of the output in ``(−π, π]``.
+        multiple of 2π that puts the in-mask mean of the output in ``[−π, π)``.
         ``'mean'``: in-mask mean 0.  ``'none'``: the raw solution (mean 0 over the padded
         grid, DC of ``∇⁻²`` set to 0).
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qsmprep.io import derivatives as contract
+
 
 def _load(path):
     import nibabel as nb
@@ -46,7 +48,8 @@ def evaluate_subject(bids_dir, deriv_dir, subject='01') -> dict:
     ref = info['ReferenceAcquisition']
     out = {'subject': subject, 'orientations': {}, 'maps': {}}
     est = {}
-    orient_files = sorted(ours.glob(f'sub-{subject}_space-*_desc-orientations_qsmprep.json'))
+    orient_files = sorted(ours.glob(contract.name('orientations', sub=f'sub-{subject}',
+                                                  ref='*')))
     if orient_files:
         rep = json.loads(orient_files[0].read_text())
         est = dict(zip(sorted(a['acq'] for a in info['Acquisitions']),
@@ -58,7 +61,7 @@ def evaluate_subject(bids_dir, deriv_dir, subject='01') -> dict:
         a = acq['acq']
         row = {}
         t = truth / 'anat' / f'sub-{subject}_acq-{a}_desc-brain_mask.nii.gz'
-        m = ours / f'sub-{subject}_acq-{a}_space-orig_desc-brain_mask.nii.gz'
+        m = ours / contract.name('brain_mask', ori=f'sub-{subject}_acq-{a}')
         if t.exists() and m.exists():
             row['mask_dice'] = dice(_load(t), _load(m))
         if a in est and out.get('reference') == ref:
@@ -66,14 +69,14 @@ def evaluate_subject(bids_dir, deriv_dir, subject='01') -> dict:
         out['orientations'][a] = row
     if out.get('reference') != ref:
         return out
-    common = ours / f'sub-{subject}_space-{ref}_desc-common_mask.nii.gz'
+    common = ours / contract.name('common_mask', sub=f'sub-{subject}', ref=ref)
     if not common.exists():
         return out
     mask = _load(common) > 0
     gt = {k: truth / 'anat' / f'sub-{subject}_space-{ref}_desc-{k}_Chimap.nii.gz'
           for k in ('chi33', 'mms')}
     for key, target in (('cosmos', 'chi33'), ('chi33', 'chi33'), ('mms', 'mms')):
-        f = ours / f'sub-{subject}_space-{ref}_desc-{key}_Chimap.nii.gz'
+        f = ours / contract.name(key, sub=f'sub-{subject}', ref=ref)
         if f.exists() and gt[target].exists():
             x, y = _load(f), _load(gt[target])
             y_c = np.where(mask, y - y[mask].mean(), 0.0)

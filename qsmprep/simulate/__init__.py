@@ -8,7 +8,7 @@ a derivatives dataset (``derivatives/qsmprep-simulate``).
 
 >>> from qsmprep.simulate import PRESETS
 >>> sorted(PRESETS)
-['cohort', 'demo', 'full', 'tiny']
+['7t', 'cohort', 'demo', 'full', 'tiny']
 """
 
 from qsmprep.simulate.api import (

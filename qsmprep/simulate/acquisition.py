@@ -12,7 +12,7 @@ Frames and geometry
 * **Acquisition grid**: its voxel axes in the scanner frame are the columns of a
   prescription rotation ``P_i`` (identity: axis-aligned scanner grid; otherwise an
   *oblique* prescription), affine ``[P_i·diag(Δ) | t_i]``.  B0 in its voxel frame is
-  ``P_iᵀ ẑ`` (= :func:`qsmprep.numerics.dipole.b0_direction_from_affine`).  All acquisitions
+  ``P_iᵀ ẑ`` (= :func:`qsmprep.numerics.geometry.b0_direction_from_affine`).  All acquisitions
   share one matrix size, centred on the brain, that contains the brain in every orientation
   plus a margin.
 * **Reference frame** (ground truth): the voxel frame of the first acquisition's grid
@@ -42,7 +42,8 @@ Signal
 ------
 ``S_e = PD · exp(−TE_e R2*) · exp(i(2π γ̄ B0 TE_e δ·1e-6 + φ0)) + n``, ``n`` complex Gaussian
 with ``σ = mean_brain(|S_1|)/SNR``; φ0 a smooth receiver phase offset (same for all echoes);
-phase wrapped to (−π, π] by taking the angle.  R2* scales linearly with B0 from its 3 T value.
+phase wrapped to [−π, π) (:func:`qsmprep.numerics.unwrap.wrap_phase`).  R2* scales linearly
+with B0 from its 3 T value.
 """
 
 from __future__ import annotations
@@ -56,21 +57,29 @@ from scipy import ndimage
 from qsmprep.numerics import fft
 from qsmprep.numerics._checks import as_directions, as_voxel_size, positive, positive_array
 from qsmprep.numerics.constants import ppm_to_rad
-from qsmprep.numerics.dipole import b0_direction_from_affine, kspace_coordinates
+from qsmprep.numerics.dipole import kspace_coordinates
 from qsmprep.numerics.forward import (
     apparent_susceptibility,
     dipole_forward,
     rotate_tensor,
     tensor_forward,
 )
-from qsmprep.numerics.unwrap import wrap_phase  # (−π, π], one helper for the project
+from qsmprep.numerics.geometry import (  # rotation_about re-exported (public name)
+    apply_affine,
+    b0_direction_from_affine,
+    direction_cosines,
+    rotation_about,
+    voxel_sizes,
+)
+from qsmprep.numerics.unwrap import wrap_phase  # [−π, π), one helper for the project
 from qsmprep.simulate.phantom import AIR_CHI, Phantom
 
-__all__ = ['AcquisitionFields', 'Geometry', 'arbitrary_to_phase', 'design_condition',
+__all__ = ['AcquisitionFields', 'Geometry', 'arbitrary_to_phase', 'axis_signs', 'bias_field',
+           'body_field', 'dephasing_factor', 'design_condition', 'field_gradient',
            'gre_signal', 'head_rotations', 'oblique_prescriptions', 'phase_to_arbitrary',
            'plan_geometries', 'receiver_phase', 'reference_fields', 'rotation_about',
-           'sample_labels', 'simulate_acquisition', 'tensor_field', 'tensor_rotation_matrix',
-           'wrap_phase']
+           'sample_labels', 'simulate_acquisition', 'smooth_random_field', 'tensor_field',
+           'tensor_rotation_matrix', 'wrap_phase']
 
 _Z = np.array([0.0, 0.0, 1.0])
 #: Integer range of phase in ``'arbitrary'`` units (as written by Siemens scanners).
@@ -80,19 +89,6 @@ PHASE_INT_RANGE = (-4096, 4095)
 # ----------------------------------------------------------------------------------------
 # rotations
 # ----------------------------------------------------------------------------------------
-
-def rotation_about(axis, angle_deg):
-    """Rotation matrix about ``axis`` by ``angle_deg`` (right-handed, Rodrigues).
-
-    >>> np.round(rotation_about((1, 0, 0), 90) @ [0, 1, 0], 12).tolist()
-    [0.0, 0.0, 1.0]
-    """
-    u = np.asarray(axis, dtype=float)
-    u = u / np.linalg.norm(u)
-    t = np.deg2rad(angle_deg)
-    K = np.array([[0, -u[2], u[1]], [u[2], 0, -u[0]], [-u[1], u[0], 0]])
-    return np.eye(3) + np.sin(t) * K + (1 - np.cos(t)) * (K @ K)
-
 
 def design_condition(b0_directions) -> float:
     """Condition number of the ``N × 6`` design of ``b̂ᵀχb̂`` (√2-weighted off-diagonals).
@@ -239,7 +235,7 @@ class Geometry:
 
     @property
     def voxel_size(self):
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
+        return voxel_sizes(self.affine)
 
     @property
     def b0_voxel(self):
@@ -269,12 +265,11 @@ class Geometry:
 
     def head_points_to_voxel(self, points):
         """Head-frame points (n, 3) → this grid's continuous voxel indices (n, 3)."""
-        M = np.linalg.inv(self.affine) @ self.head_to_scanner()
-        return points @ M[:3, :3].T + M[:3, 3]
+        return apply_affine(np.linalg.inv(self.affine) @ self.head_to_scanner(), points)
 
 
 def plan_geometries(phantom: Phantom, rotations, prescriptions, voxel_size, *,
-                    fov_margin: float = 12.0, labels=None):
+                    fov_margin: float = 12.0, labels=None, grid_orientation: str = 'RAS'):
     """Acquisition grids sharing one matrix size that contains the brain in every orientation.
 
     Parameters
@@ -289,6 +284,11 @@ def plan_geometries(phantom: Phantom, rotations, prescriptions, voxel_size, *,
         Margin (mm) around the brain on every side.
     labels : list of str, optional
         ``acq-`` labels (default ``ori01``, ``ori02``, ...).
+    grid_orientation : str
+        Axis code of the grids before the prescription rotation: ``'RAS'`` or a sign flip
+        of some axes (``'LAS'``: voxel x runs right → left).  The stored ``prescription``
+        then includes the flip (``P·S``, an improper rotation), so the tensor is rotated
+        into the voxel frame as ``(P S)ᵀ R χ Rᵀ (P S)``.
 
     Returns
     -------
@@ -308,14 +308,29 @@ def plan_geometries(phantom: Phantom, rotations, prescriptions, voxel_size, *,
     shape = tuple(int(2 * np.ceil(h + max(fov_margin / s, 2.0)))
                   for h, s in zip(half, vs, strict=True))
     labels = labels or [f'ori{i + 1:02d}' for i in range(R.shape[0])]
+    S = np.diag(axis_signs(grid_orientation))
     out = []
     for lab, Ri, Pi in zip(labels, R, P, strict=True):
+        Pi = Pi @ S
         A = np.eye(4)
         A[:3, :3] = Pi @ np.diag(vs)
         A[:3, 3] = phantom.centre - A[:3, :3] @ ((np.array(shape) - 1) / 2.0)
         out.append(Geometry(label=lab, rotation=Ri, prescription=Pi, affine=A, shape=shape,
                             centre=phantom.centre.copy()))
     return out
+
+
+def axis_signs(code: str = 'RAS'):
+    """Signs of the voxel axes for an axis code (``'LAS'`` → ``(-1, 1, 1)``).
+
+    >>> axis_signs('LAS'), axis_signs('RPI')
+    ((-1.0, 1.0, 1.0), (1.0, -1.0, -1.0))
+    """
+    code = str(code).upper()
+    if len(code) != 3 or any(c not in pair for c, pair in zip(code, ('RL', 'AP', 'SI'),
+                                                                 strict=True)):
+        raise ValueError(f'axis code must be like RAS or LAS (R/L, A/P, S/I); got {code!r}')
+    return tuple(1.0 if c in 'RAS' else -1.0 for c in code)
 
 
 # ----------------------------------------------------------------------------------------
@@ -441,7 +456,8 @@ class AcquisitionFields:
 
 
 def simulate_acquisition(phantom: Phantom, geometry: Geometry, *, padding: float = 24.0,
-                         threads: int = 1, keep_tensor: bool = False) -> AcquisitionFields:
+                         threads: int = 1, keep_tensor: bool = False,
+                         body: bool = False) -> AcquisitionFields:
     """Sample the rotated head on ``geometry``'s grid and compute its fields.
 
     Parameters
@@ -458,6 +474,8 @@ def simulate_acquisition(phantom: Phantom, geometry: Geometry, *, padding: float
     keep_tensor : bool
         Also return the brain-masked tensor and mean susceptibility on the grid (for the
         reference-frame ground truth).
+    body : bool
+        Add :func:`body_field` (neck and shoulders below the model box) to the background.
 
     Returns
     -------
@@ -541,6 +559,8 @@ def simulate_acquisition(phantom: Phantom, geometry: Geometry, *, padding: float
         brain=brain, apparent=np.zeros(tuple(shape), np.float32), pd=res['pd'],
         r2star=res['r2star'], sim_shape=tuple(sim_shape))
     del local, background
+    if body:
+        out.background += body_field(phantom, geometry)
     chi_fov = np.ascontiguousarray(chi_in[fov])
     del chi_in
     out.apparent = chi_fov.copy()
@@ -553,6 +573,88 @@ def simulate_acquisition(phantom: Phantom, geometry: Geometry, *, padding: float
         out.tensor = T
         out.chi_mean = chi_fov
     return out
+
+
+#: Body below the model box (template/MNI mm): the neck as an elliptic cylinder continuing
+#: the phantom's neck, shoulders and upper torso as an ellipsoid (top at z ≈ −170 mm).
+BODY_NECK = ((0.0, -30.0), (50.0, 50.0), (-250.0, None))  # centre xy, radii, z range
+BODY_TORSO = ((0.0, -30.0, -330.0), (190.0, 110.0, 160.0))  # centre, semi-axes
+
+
+def body_field(phantom: Phantom, geometry: Geometry, *, spacing: float = 6.0):
+    """Field (ppm) on ``geometry``'s grid of the neck and shoulders below the model box.
+
+    The phantom's model grid stops at the bottom of its box (``z = −122`` mm in the head
+    frame), so its neck ends there.  A real head continues into the neck, shoulders and
+    chest: tissue (χ ≈ −9.4 ppm relative to air) outside the model and far outside the
+    acquired field of view that still shifts the field in the brain (smooth, harmonic
+    there).  The body (:data:`BODY_NECK`, :data:`BODY_TORSO`, scaled with the subject,
+    starting at the bottom of the model box) is voxelised on a coarse grid of ``spacing``
+    mm aligned with the acquisition's voxel axes and its field computed by a **linear**
+    (zero-padded, aperiodic) convolution with the real-space dipole kernel
+    ``(3cos²θ − 1)/(4π r³)`` — periodic copies of a body this large would not be
+    negligible — then interpolated (cubic) onto the acquisition grid.  Lungs are not
+    modelled.  The field's mean is that of free space (unlike the FFT fields, whose mean
+    is fixed by ``D(0) = 0``); a constant is unmeasurable anyway.
+    """
+    from scipy.signal import fftconvolve
+
+    from qsmprep.simulate.phantom import _CENTRE, template_grid
+
+    h = float(spacing)
+    A_model, _ = template_grid(float(phantom.voxel_size[0]))
+    z_cut = float(A_model[2, 3])  # bottom of the model box (head frame, mm)
+    scale = np.asarray(phantom.deformation.get('scale', (1.0, 1.0, 1.0)), dtype=float)
+    (cx, cy, cz), (ax, ay, az) = BODY_TORSO
+    corners_t = np.array([[x, y, z] for x in (cx - ax, cx + ax) for y in (cy - ay, cy + ay)
+                          for z in (cz - az, z_cut)])
+    corners_h = _CENTRE + (corners_t - _CENTRE) * scale
+    H = geometry.head_to_scanner()
+    axes = direction_cosines(geometry.affine)  # unit voxel axes (scanner frame), P·S
+    # coarse grid in the voxel frame covering the body and the acquisition grid
+    fov = apply_affine(geometry.affine, [[i, j, k] for i in (0, geometry.shape[0] - 1)
+                                         for j in (0, geometry.shape[1] - 1)
+                                         for k in (0, geometry.shape[2] - 1)])
+    pts = np.vstack([apply_affine(H, corners_h), fov])
+    u = pts @ axes  # coordinates along the voxel axes (mm)
+    lo = u.min(0) - 2 * h
+    shape = tuple(int(np.ceil(n)) for n in (u.max(0) + 2 * h - lo) / h + 1)
+    grid = [lo[d] + h * np.arange(shape[d], dtype=float) for d in range(3)]
+    U = np.meshgrid(*grid, indexing='ij')
+    Xh = []
+    Hi = np.linalg.inv(H)
+    for d in range(3):
+        Xh.append(sum(Hi[d, e] * sum(axes[e, k] * U[k] for k in range(3)) for e in range(3))
+                  + Hi[d, 3])
+    del U
+    t = [_CENTRE[d] + (Xh[d] - _CENTRE[d]) / scale[d] for d in range(3)]
+    (nx, ny), (rx, ry), (nz0, _) = BODY_NECK
+    rho = np.sqrt(((t[0] - nx) / rx) ** 2 + ((t[1] - ny) / ry) ** 2)
+    neck = np.clip(0.5 - (rho - 1.0) * min(rx, ry) / h, 0, 1) * (t[2] > nz0)
+    rho = np.sqrt(((t[0] - cx) / ax) ** 2 + ((t[1] - cy) / ay) ** 2 + ((t[2] - cz) / az) ** 2)
+    torso = np.clip(0.5 - (rho - 1.0) * min(ax, ay, az) / h, 0, 1)
+    below = np.clip(0.5 - (Xh[2] - z_cut) / h, 0, 1)  # head-frame z below the model box
+    chi = np.maximum(neck, torso) * below * -AIR_CHI
+    del t, Xh, rho, neck, torso, below
+    b0 = geometry.b0_voxel
+    # real-space dipole kernel on offsets −(n−1)…(n−1) voxels (free space, no images)
+    off = [h * np.arange(-(n - 1), n, dtype=float) for n in shape]
+    R = np.meshgrid(*off, indexing='ij', sparse=True)
+    r2 = R[0] ** 2 + R[1] ** 2 + R[2] ** 2
+    rb = R[0] * b0[0] + R[1] * b0[1] + R[2] * b0[2]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        K = (3.0 * rb ** 2 / r2 - 1.0) / (4.0 * np.pi * r2 ** 1.5) * h ** 3
+    K[tuple(n - 1 for n in shape)] = 0.0
+    del R, r2, rb
+    f = fftconvolve(chi, K, mode='same')
+    del chi, K
+    # acquisition voxel j → coarse index: (axesᵀ (A j + t) − lo)/h
+    M = np.eye(4)
+    M[:3, :3] = axes.T @ geometry.affine[:3, :3] / h
+    M[:3, 3] = (axes.T @ geometry.affine[:3, 3] - lo) / h
+    return ndimage.affine_transform(f.astype(np.float32), M[:3, :3], offset=M[:3, 3],
+                                    output_shape=tuple(geometry.shape), order=3,
+                                    mode='nearest', output=np.float32)
 
 
 def sample_labels(phantom: Phantom, geometry: Geometry):
@@ -628,8 +730,90 @@ def receiver_phase(shape, *, rng, linear: float = 1.0, quadratic: float = 0.5):
     return phi
 
 
+def smooth_random_field(shape, voxel_size=1.0, *, rng, correlation_mm: float = 40.0):
+    """Smooth random field with zero mean and ``max |·| = 1`` (non-harmonic in general).
+
+    White noise on a coarse grid of spacing ``correlation_mm/2`` (per axis, at least 4
+    points), Gaussian-smoothed by one coarse voxel and interpolated (cubic) to ``shape``:
+    features of about ``correlation_mm``.  Its Laplacian does not vanish, so background
+    removal (which removes harmonic fields only) cannot remove it.
+
+    >>> f = smooth_random_field((20, 24, 16), 2.0, rng=np.random.default_rng(0))
+    >>> f.shape, round(float(np.abs(f).max()), 6), bool(abs(f.mean()) < 1e-6)
+    ((20, 24, 16), 1.0, True)
+    """
+    vs = as_voxel_size(voxel_size)
+    step = correlation_mm / 2.0
+    cshape = tuple(max(4, int(np.ceil(n * s / step)) + 1) for n, s in zip(shape, vs,
+                                                                          strict=True))
+    c = ndimage.gaussian_filter(rng.standard_normal(cshape), 1.0, mode='nearest')
+    zoom = [n / m for n, m in zip(shape, cshape, strict=True)]
+    f = ndimage.zoom(c, zoom, order=3, mode='nearest', grid_mode=True)
+    f = f[:shape[0], :shape[1], :shape[2]].astype(np.float64)
+    f -= f.mean()
+    f /= max(float(np.abs(f).max()), 1e-12)
+    return f.astype(np.float32)
+
+
+def bias_field(shape, voxel_size=1.0, *, rng, amplitude: float = 0.2,
+               width_mm: float = 60.0):
+    """Smooth multiplicative magnitude bias (B1 transmit/receive inhomogeneity).
+
+    ``b = (1 + a·G) · exp(a/2 · n)`` with ``G = exp(−r²/(2 w²))`` centred on the grid
+    (central brightening, as at 7 T; ``r`` in mm) and ``n`` a :func:`smooth_random_field`
+    (max ±1); ``a = amplitude``.  ``a = 0`` gives 1 everywhere.
+
+    >>> b = bias_field((21, 21, 21), 3.0, rng=np.random.default_rng(0), amplitude=0.0)
+    >>> float(b.min()), float(b.max())
+    (1.0, 1.0)
+    """
+    vs = as_voxel_size(voxel_size)
+    a = float(amplitude)
+    r2 = np.zeros(tuple(shape), np.float32)
+    for d, n in enumerate(shape):
+        x = ((np.arange(n) - (n - 1) / 2.0) * vs[d]).astype(np.float32)
+        r2 += (x ** 2).reshape([-1 if k == d else 1 for k in range(3)])
+    b = 1.0 + a * np.exp(-r2 / np.float32(2.0 * width_mm ** 2))
+    if a > 0:
+        b *= np.exp(0.5 * a * smooth_random_field(shape, vs, rng=rng, correlation_mm=80.0))
+    return b.astype(np.float32)
+
+
+def field_gradient(field, voxel_size=1.0):
+    """Gradient (ppm/mm) of ``field`` along the three voxel axes (central differences).
+
+    >>> g = field_gradient(np.arange(5.0)[:, None, None] * np.ones((5, 2, 2)), 2.0)
+    >>> float(g[0][2, 0, 0]), float(g[1].max())
+    (0.5, 0.0)
+    """
+    vs = as_voxel_size(voxel_size)
+    f = np.asarray(field, dtype=np.float32)
+    return [np.gradient(f, axis=d).astype(np.float32) / np.float32(vs[d]) for d in range(3)]
+
+
+def dephasing_factor(gradient, voxel_size, echo_time, field_strength):
+    """Signed intravoxel dephasing factor ``Π_d sinc(γ G_d Δx_d TE/2)`` of one echo.
+
+    The voxel average of ``exp(i g x)`` over a box of width Δx is ``sin(gΔx/2)/(gΔx/2)``
+    with ``g = 2π γ̄ B0 TE·1e-6 ∂δ/∂x`` (rad/mm) the phase gradient of a linear field.
+    Negative values (past the first zero) flip the sign of the signal (phase + π).
+
+    >>> from qsmprep.numerics.constants import ppm_to_rad
+    >>> g = [np.full((1, 1, 1), np.pi / ppm_to_rad(1.0, 0.01, 3.0)), *np.zeros((2, 1, 1, 1))]
+    >>> round(float(dephasing_factor(g, 1.0, 0.01, 3.0)[0, 0, 0]), 6)  # π rad per voxel
+    0.63662
+    """
+    vs = as_voxel_size(voxel_size)
+    k = np.float32(ppm_to_rad(1.0, echo_time, field_strength) / (2.0 * np.pi))
+    out = np.ones(np.shape(gradient[0]), np.float32)
+    for d in range(3):
+        out *= np.sinc(gradient[d] * (k * np.float32(vs[d]))).astype(np.float32)
+    return out
+
+
 def gre_signal(field, pd, r2star, *, echo_times, field_strength, phase_offset=None,
-               snr=None, brain=None, rng=None):
+               snr=None, brain=None, rng=None, echo_phase=None, field_gradient=None,
+               voxel_size=None):
     """Multi-echo GRE magnitude and wrapped phase, one echo at a time (a generator).
 
     Parameters
@@ -650,11 +834,16 @@ def gre_signal(field, pd, r2star, *, echo_times, field_strength, phase_offset=No
         Region for the SNR reference (default: PD > 0.5).
     rng : numpy.random.Generator
         Required when there is noise.
+    echo_phase : sequence of (X, Y, Z), optional
+        An extra phase (rad) per echo (coil-combination phase that varies with echo).
+    field_gradient : 3 arrays (X, Y, Z), optional
+        Field gradient (ppm/mm, :func:`field_gradient`): intravoxel dephasing
+        (:func:`dephasing_factor`) with ``voxel_size`` (mm).
 
     Yields
     ------
     magnitude, phase : float32 arrays
-        Phase in (−π, π].
+        Phase in [−π, π).
 
     >>> f = np.zeros((2, 2, 2)); pd = np.ones((2, 2, 2)); r2 = np.full((2, 2, 2), 20.0)
     >>> (m, p), = gre_signal(f + 0.1, pd, r2, echo_times=[0.01], field_strength=3.0)
@@ -675,11 +864,21 @@ def gre_signal(field, pd, r2star, *, echo_times, field_strength, phase_offset=No
         ref = np.asarray(brain, bool) if brain is not None else pd > 0.5
         m1 = pd[ref] * np.exp(-tes[0] * r2[ref])
         sigma = float(m1.mean()) / float(snr)
-    for te in tes:
+    if echo_phase is not None and len(echo_phase) != len(tes):
+        raise ValueError(f'echo_phase must have one array per echo ({len(tes)}); got '
+                         f'{len(echo_phase)}')
+    for e, te in enumerate(tes):
         mag = pd * np.exp(-np.float32(te) * r2)
         phase = field * np.float32(ppm_to_rad(1.0, te, b0))
         if phase_offset is not None:
             phase += phase_offset
+        if echo_phase is not None:
+            phase += echo_phase[e]
+        if field_gradient is not None:
+            d = dephasing_factor(field_gradient, voxel_size, te, b0)
+            mag = mag * np.abs(d)
+            phase += np.float32(np.pi) * (d < 0)
+            del d
         if sigma > 0:
             re = np.cos(phase)
             re *= mag
@@ -688,7 +887,7 @@ def gre_signal(field, pd, r2star, *, echo_times, field_strength, phase_offset=No
             re += rng.standard_normal(re.shape, dtype=np.float32) * np.float32(sigma)
             im += rng.standard_normal(im.shape, dtype=np.float32) * np.float32(sigma)
             mag = np.hypot(re, im)
-            phase = np.arctan2(im, re)
+            phase = wrap_phase(np.arctan2(im, re))  # arctan2 gives (−π, π]
             del re, im
         else:
             phase = wrap_phase(phase)
@@ -696,7 +895,7 @@ def gre_signal(field, pd, r2star, *, echo_times, field_strength, phase_offset=No
 
 
 def phase_to_arbitrary(phase):
-    """Phase (rad, (−π, π]) → int16 scanner units in ``[−4096, 4095]`` (π ≡ −π).
+    """Phase (rad, ``[−π, π)``) → int16 scanner units in ``[−4096, 4095]`` (π ≡ −π).
 
     ``value = round(φ · 4096/π)``; :func:`arbitrary_to_phase` inverts it.
 

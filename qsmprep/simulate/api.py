@@ -2,9 +2,11 @@
 
 Randomness: every draw comes from a generator seeded by a :class:`numpy.random.SeedSequence`
 of ``[seed, subject index]`` (anatomy, tissue values), ``[seed, subject, session, 1]``
-(head rotations, prescriptions) and ``[seed, subject, session, 100 + i]`` (receiver phase and
-noise of acquisition ``i``), so results do not depend on the order in which acquisitions are
-computed or on the number of worker processes.
+(head rotations, prescriptions), ``[seed, subject, session, 100 + i]`` (receiver phase and
+noise of acquisition ``i``) and ``[seed, subject, session, 200 + i]`` (the signal realism
+effects: non-harmonic receiver phase, coil-combination phase, bias field), so results do
+not depend on the order in which acquisitions are computed or on the number of worker
+processes, and with every effect off the files are those of earlier versions.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import numpy as np
 
 from qsmprep.__about__ import __version__
 from qsmprep.numerics.forward import TENSOR_COMPONENTS
+from qsmprep.numerics.geometry import b0_world_to_voxel
 from qsmprep.simulate import acquisition as acq
-from qsmprep.simulate import bids
+from qsmprep.simulate import bids, cohort
 from qsmprep.simulate.phantom import LABELS, Phantom, make_phantom
 from qsmprep.simulate.presets import resolve_config
 
@@ -32,7 +35,6 @@ __all__ = ['OutputExistsError', 'SimulationSummary', 'SubjectSimulation', 'simul
            'simulate_subject']
 
 LOGGER = logging.getLogger('qsmprep.simulate')
-_Z = np.array([0.0, 0.0, 1.0])
 
 
 class OutputExistsError(FileExistsError):
@@ -70,7 +72,12 @@ class SubjectSimulation:
     b0_reference : (N, 3)
         B0 direction of every acquisition in the reference voxel frame.
     labels : (X, Y, Z) uint8
-        Deep grey matter / vein labels on the reference grid.
+        Deep grey matter / vein (and lesion) labels on the reference grid.
+    config : dict
+        The subject's settings (with a cohort's drawn acquisition settings applied).
+    cohort : dict or None
+        The cohort draws (:func:`qsmprep.simulate.cohort.draw_subject`, lesion positions
+        included); None without ``variation='cohort'``.
     """
 
     phantom: Phantom
@@ -80,6 +87,7 @@ class SubjectSimulation:
     b0_reference: np.ndarray
     labels: np.ndarray
     config: dict
+    cohort: dict | None = None
 
     @property
     def voxel_size(self):
@@ -95,14 +103,37 @@ def _rng(*key):
 
 
 def _b0_reference(geoms):
-    P0 = geoms[0].prescription
-    return np.array([P0.T @ g.rotation.T @ _Z for g in geoms])
+    # head frame = scanner frame of the reference acquisition (R_0 = I): P_0⁻¹ R_iᵀ ẑ
+    return np.array([b0_world_to_voxel(g.b0_head(), geoms[0].affine) for g in geoms])
+
+
+def _subject_config(cfg, subject_index):
+    """(settings, cohort draws) of one subject; the dataset settings without a cohort."""
+    if cfg.get('variation', 'none') != 'cohort':
+        return cfg, None
+    draws = cohort.draw_subject(cfg, subject_index)
+    return cohort.subject_config(cfg, draws), draws
+
+
+def _phantom(cfg, subject_index, draws=None):
+    variation = None if draws is None else {**draws['anatomy'], 'lesions': draws['lesions']}
+    phantom = make_phantom(cfg['model_resolution'], rng=_rng(cfg['seed'], subject_index),
+                           deformation=cfg['deformation'], air=cfg['air_cavities'],
+                           variation=variation)
+    if draws is not None:
+        draws['lesions'] = phantom.lesions  # with their positions
+    return phantom
+
+
+def _label_names(cfg):
+    return {**LABELS, **cohort.LESION_LABELS} if cfg.get('lesions', 'none') != 'none' \
+        else LABELS
 
 
 def _build(cfg, subject_index, session_index):
-    phantom = make_phantom(cfg['model_resolution'], rng=_rng(cfg['seed'], subject_index),
-                           deformation=cfg['deformation'])
-    return phantom, _geometries(cfg, phantom, subject_index, session_index)
+    cfg, draws = _subject_config(cfg, subject_index)
+    phantom = _phantom(cfg, subject_index, draws)
+    return cfg, draws, phantom, _geometries(cfg, phantom, subject_index, session_index)
 
 
 def _geometries(cfg, phantom, subject_index, session_index):
@@ -110,7 +141,8 @@ def _geometries(cfg, phantom, subject_index, session_index):
     n = cfg['orientations']
     R = acq.head_rotations(n, rng=rng, tilt_range=cfg['tilt_range'])
     P = acq.oblique_prescriptions(n, rng=rng, max_angle=cfg['oblique'])
-    return acq.plan_geometries(phantom, R, P, cfg['voxel_size'], fov_margin=cfg['fov_margin'])
+    return acq.plan_geometries(phantom, R, P, cfg['voxel_size'], fov_margin=cfg['fov_margin'],
+                               grid_orientation=cfg['grid_orientation'])
 
 
 def simulate_subject(*, preset: str = 'tiny', seed: int = 0, subject_index: int = 1,
@@ -123,12 +155,14 @@ def simulate_subject(*, preset: str = 'tiny', seed: int = 0, subject_index: int 
     :func:`simulate_dataset`.
     """
     cfg = resolve_config(preset, seed=seed, **overrides)
-    phantom, geoms = _build(cfg, subject_index, session_index)
-    fields = [acq.simulate_acquisition(phantom, g, padding=cfg['padding'], keep_tensor=(i == 0))
+    cfg, draws, phantom, geoms = _build(cfg, subject_index, session_index)
+    fields = [acq.simulate_acquisition(phantom, g, padding=cfg['padding'], keep_tensor=(i == 0),
+                                       body=cfg['body'])
               for i, g in enumerate(geoms)]
     return SubjectSimulation(phantom=phantom, geometries=geoms, acquisitions=fields,
                              tensor=fields[0].tensor, b0_reference=_b0_reference(geoms),
-                             labels=acq.sample_labels(phantom, geoms[0]), config=cfg)
+                             labels=acq.sample_labels(phantom, geoms[0]), config=cfg,
+                             cohort=draws)
 
 
 # ----------------------------------------------------------------------------------------
@@ -191,19 +225,27 @@ def _acquisition_task(index: int) -> dict:
     sub, ses = st['sub'], st['ses']
     t0 = time.perf_counter()
     f = acq.simulate_acquisition(phantom, geom, padding=cfg['padding'],
-                                 keep_tensor=(index == 0 and cfg['truth']))
+                                 keep_tensor=(index == 0 and cfg['truth']), body=cfg['body'])
     t_fields = time.perf_counter() - t0
     rng = _rng(cfg['seed'], st['subject_index'], st['session_index'], 100 + index)
     phi0 = acq.receiver_phase(geom.shape, rng=rng)
+    signal_fx = _signal_effects(cfg, geom, f, _rng(cfg['seed'], st['subject_index'],
+                                                   st['session_index'], 200 + index))
+    if cfg['receiver_nonharmonic'] > 0:
+        phi0 += signal_fx.pop('receiver_nonharmonic')
     anat = _anat(st['root'], sub, ses)
     ent = {**_entities(sub, ses), 'acq': geom.label}
     b0v = [float(v) for v in geom.b0_voxel]
     written = []
     total = f.total
+    if cfg['dephasing']:
+        signal_fx['field_gradient'] = acq.field_gradient(total, geom.voxel_size)
+        signal_fx['voxel_size'] = geom.voxel_size
+    pd = f.pd * signal_fx.pop('bias') if 'bias' in signal_fx else f.pd
     for e, (mag, phase) in enumerate(acq.gre_signal(
-            total, f.pd, f.r2star, echo_times=cfg['echo_times'],
+            total, pd, f.r2star, echo_times=cfg['echo_times'],
             field_strength=cfg['field_strength'], phase_offset=phi0, snr=cfg['snr'],
-            brain=f.brain, rng=rng), start=1):
+            brain=f.brain, rng=rng, **signal_fx), start=1):
         te = cfg['echo_times'][e - 1]
         meta = {'EchoTime': te, 'EchoNumber': e, 'MagneticFieldStrength': cfg['field_strength'],
                 'ImageType': ['ORIGINAL', 'PRIMARY', 'M'], 'Manufacturer': 'qsmprep-simulate',
@@ -230,6 +272,27 @@ def _acquisition_task(index: int) -> dict:
     return {'index': index, 'label': geom.label, 'files': len(written),
             'fields_s': t_fields, 'total_s': time.perf_counter() - t0,
             'sim_shape': list(f.sim_shape)}
+
+
+def _signal_effects(cfg, geom, f, rng):
+    """Signal-level realism effects of one acquisition, drawn from their own ``rng``.
+
+    Returns the keyword arguments for :func:`~qsmprep.simulate.acquisition.gre_signal`
+    (``echo_phase``) plus ``receiver_nonharmonic`` (rad, added to φ0) and ``bias``
+    (multiplies the proton density), only for the effects that are on, so that with every
+    effect off no random number is drawn and the files are those of earlier versions.
+    """
+    vs, shape, out = geom.voxel_size, geom.shape, {}
+    if cfg['receiver_nonharmonic'] > 0:
+        out['receiver_nonharmonic'] = np.float32(cfg['receiver_nonharmonic']) * \
+            acq.smooth_random_field(shape, vs, rng=rng)
+    if cfg['coil_phase'] > 0:
+        out['echo_phase'] = [np.float32(cfg['coil_phase']) *
+                             acq.smooth_random_field(shape, vs, rng=rng)
+                             for _ in cfg['echo_times']]
+    if cfg['bias_field'] > 0:
+        out['bias'] = acq.bias_field(shape, vs, rng=rng, amplitude=cfg['bias_field'])
+    return out
 
 
 def _write_truth(st, f, geom, index):
@@ -300,10 +363,48 @@ def _write_reference(st, f, geom, anat):
     out += [bids.write_nifti(anat / f'{stem}.nii.gz', labels, geom.affine),
             bids.write_json(anat / f'{stem}.json', {
                 'Sources': [src], 'SpatialReference': src,
-                'Description': 'Deep grey matter nuclei (ellipsoids) and veins'}),
+                'Description': 'Deep grey matter nuclei (ellipsoids) and veins' +
+                               (' and lesions' if st['cfg']['lesions'] != 'none' else '')}),
             bids.write_tsv(anat / f'{stem}.tsv', ['index', 'name'],
-                           [[k, v] for k, v in LABELS.items()])]
+                           [[k, v] for k, v in _label_names(st['cfg']).items()])]
     return out
+
+
+def _settings_record(cfg):
+    # without a cohort the settings read as before the cohort options existed
+    skip = {'subjects'} | ({'variation', 'lesions', 'variation_fixed'}
+                           if cfg.get('variation', 'none') == 'none' else set())
+    return {k: v for k, v in cfg.items() if k not in skip}
+
+
+def _write_cohort_json(droot, s, scfg, draws, phantom):
+    sub = s['label']
+    nuclei = {t: phantom.tissue_values[t]['chi'] for t in draws['anatomy']['iron_factor']}
+    return bids.write_json(droot / f'sub-{sub}' / f'sub-{sub}_cohort.json', {
+        'Description': 'Per-subject draws of the qsmprep-simulate cohort (variation=cohort): '
+                       'acquisition settings, anatomy (scale, pose rotation about the brain '
+                       'centre, deformation, iron factors, MSA scale, fibre-tract weights, '
+                       'veins) and lesions (centre in the head frame = world frame of the '
+                       'reference acquisition before its grid prescription, mm; radii along '
+                       'the columns of axes; chi relative to CSF)',
+        'Seed': s['seed'], 'DrawSeed': [scfg['seed'], int(s['seed'][1]), 300],
+        'Acquisition': {'voxel_size': scfg['voxel_size'],
+                        'field_strength': scfg['field_strength'],
+                        'echo_times': scfg['echo_times'], 'snr': scfg['snr'],
+                        'tilt_range': scfg['tilt_range'],
+                        'model_resolution': scfg['model_resolution'],
+                        'drawn': sorted(draws['acquisition']),
+                        'fixed': scfg.get('variation_fixed', [])},
+        'Anatomy': {**draws['anatomy'], 'deformation_mm': scfg['deformation'],
+                    'max_displacement_mm': phantom.deformation['max_displacement_mm'],
+                    'min_jacobian_det_wm': phantom.deformation.get('min_jacobian_det_wm'),
+                    'nucleus_chi_ppm': nuclei,
+                    'wm_chi_ppm': phantom.tissue_values['wm']['chi'],
+                    'wm_dchi_ppm': phantom.tissue_values['wm']['dchi']},
+        'Lesions': draws['lesions'], 'LesionLabels': cohort.LESION_LABELS,
+        'Ranges': {'cohort': cohort.COHORT, 'lesions': cohort.LESIONS},
+        'Units': {'chi': 'ppm relative to CSF', 'radii_mm': 'mm', 'r2star': '1/s at 3 T'},
+        'GeneratedBy': f'qsmprep-simulate {__version__}'})
 
 
 def _orientation_tables(root, sub, ses, geoms, cfg):
@@ -382,7 +483,7 @@ def simulate_dataset(out_dir, *, preset: str = 'demo', subjects: int | None = No
     ----------
     out_dir : path
         Output BIDS root; must be empty or new (see ``overwrite``).
-    preset : {'tiny', 'demo', 'full', 'cohort'}
+    preset : {'tiny', 'demo', 'full', 'cohort', '7t'}
         Named settings (:mod:`qsmprep.simulate.presets`).
     subjects : int, optional
         Number of participants (default: the preset's, 1 except ``cohort``).
@@ -402,7 +503,12 @@ def simulate_dataset(out_dir, *, preset: str = 'demo', subjects: int | None = No
         ``orientations``, ``echo_times``/``echoes``, ``field_strength``, ``snr``,
         ``phase_units``, ``magnitude_dtype``, ``b0_dir_sidecar``, ``oblique``,
         ``tilt_range``, ``deformation``, ``model_resolution``, ``padding``, ``fov_margin``,
-        ``truth``).
+        ``truth``, ``grid_orientation``, ``realism`` and the realism effects
+        ``air_cavities``, ``body``, ``dephasing``, ``receiver_nonharmonic``, ``coil_phase``,
+        ``bias_field``; the cohort settings ``variation`` and ``lesions``: with
+        ``variation='cohort'`` each subject draws its own anatomy, lesions and, unless
+        given, voxel size, field strength, echo times, SNR and deformation, recorded in
+        ``derivatives/qsmprep-simulate/sub-XX/sub-XX_cohort.json``).
 
     Returns
     -------
@@ -437,26 +543,31 @@ def simulate_dataset(out_dir, *, preset: str = 'demo', subjects: int | None = No
     n_files = len(files)
     for si, s in enumerate(subs, start=1):
         ts = time.perf_counter()
-        phantom = make_phantom(cfg['model_resolution'], rng=_rng(cfg['seed'], si),
-                               deformation=cfg['deformation'])
+        scfg, draws = _subject_config(cfg, si)
+        phantom = _phantom(scfg, si, draws)
         LOGGER.info('sub-%s: phantom %s at %g mm in %.1f s', s['label'],
                     'x'.join(map(str, phantom.shape)), cfg['model_resolution'],
                     time.perf_counter() - ts)
         entry = {'label': s['label'], 'sessions': []}
+        if draws is not None:
+            entry['cohort'] = draws
         if cfg['truth']:
             n_files += 1
             bids.write_json(droot / f'sub-{s["label"]}' / f'sub-{s["label"]}_phantom.json', {
                 'TissueValues': phantom.tissue_values, 'Deformation': phantom.deformation,
-                'Seed': s['seed'], 'Labels': LABELS,
+                'Seed': s['seed'], 'Labels': _label_names(cfg),
                 'Units': {'chi': 'ppm relative to CSF', 'pd': 'a.u. (CSF = 1)',
                           'r2star': '1/s at 3 T (scaled linearly with B0)',
                           'dchi': 'ppm (chi_parallel - chi_perpendicular)'},
-                'Settings': {k: v for k, v in cfg.items() if k not in ('subjects',)},
+                'Settings': _settings_record(scfg),
                 'GeneratedBy': f'qsmprep-simulate {__version__}'})
+            if draws is not None:
+                n_files += 1
+                _write_cohort_json(droot, s, scfg, draws, phantom)
         for ses_i in (range(1, sessions + 1) if sessions else [0]):
             ses = f'{ses_i:02d}' if sessions else None
-            geoms = _geometries(cfg, phantom, si, ses_i)
-            results = _run_session(out_dir, cfg, phantom, geoms, s['label'], ses, si, ses_i,
+            geoms = _geometries(scfg, phantom, si, ses_i)
+            results = _run_session(out_dir, scfg, phantom, geoms, s['label'], ses, si, ses_i,
                                    jobs)
             n_files += sum(r['files'] for r in results)
             if cfg['truth']:

@@ -25,12 +25,13 @@ Ground truth, ``derivatives/qsmprep-simulate/`` (``DatasetType: derivative``)::
       sub-01_acq-oriNN_desc-background_field.nii.gz field of everything outside the brain, ppm
     sub-01/[ses-01/]sub-01[_ses-01]_orientations.json / .tsv   rotations, B0 directions
     sub-01/sub-01_phantom.json                                 drawn tissue values, deformation
+    sub-01/sub-01_cohort.json                                  cohorts: per-subject draws
 
 The reference frame (``space-ori01``) is the voxel frame of the first acquisition's grid
 (same grid and affine as ``acq-ori01``).  χ maps are brain-only (zero outside the mask) and
 relative to CSF.  Fields and the tensor have no BIDS suffix: ``*_field.*``,
-``*_chitensor.*``, ``*_orientations.*`` and ``*_phantom.json`` are listed in the dataset's
-``.bidsignore``.
+``*_chitensor.*``, ``*_orientations.*`` and ``*_phantom.json`` (and ``*_cohort.json`` in
+cohorts) are listed in the dataset's ``.bidsignore``.
 
 Every file is written deterministically: NIfTI headers are fully set from the data, gzip
 streams have ``mtime = 0`` and no file name, JSON has sorted keys and no timestamps.
@@ -206,6 +207,9 @@ The anatomy is derived from the MNI ICBM152 2009c nonlinear symmetric template (
 NeuroImage 2011;54:313-327), as shipped with nilearn; skull, scalp, sinuses, deep grey
 nuclei, veins and white-matter anisotropy are synthetic.
 """
+    if config.get('variation') == 'cohort':
+        readme += _COHORT_README.format(fixed=', '.join(config.get('variation_fixed', []))
+                                        or 'none', lesions=config['lesions'])
     (root / 'README').write_text(readme)
     out.append(root / 'README')
     out.append(write_tsv(root / 'participants.tsv', ['participant_id', 'phantom_seed'],
@@ -227,6 +231,15 @@ _BIDSIGNORE = """# qsmprep-simulate ground truth without a BIDS suffix
 """
 
 
+_COHORT_README = """
+Cohort (variation=cohort): each participant has its own drawn head size, pose and
+deformation, deep-grey-matter iron, white-matter anisotropy and fibre field, veins,
+lesions ({lesions}), and — except the settings given explicitly ({fixed}) — voxel size,
+field strength and echo times, SNR: the values above are the defaults before the draws.
+Each participant's draws: `derivatives/qsmprep-simulate/sub-XX/sub-XX_cohort.json`.
+"""
+
+
 def write_derivatives_dataset_files(root, *, config: dict) -> list[Path]:
     """``dataset_description.json``, ``README``, ``.bidsignore`` and the label table."""
     root = Path(root)
@@ -238,9 +251,13 @@ def write_derivatives_dataset_files(root, *, config: dict) -> list[Path]:
         'SourceDatasets': [{'URL': 'bids::'}],
         'DatasetLinks': {'raw': '../../'},
     })]
-    (root / '.bidsignore').write_text(_BIDSIGNORE)
+    cohort = config.get('variation') == 'cohort'
+    (root / '.bidsignore').write_text(_BIDSIGNORE + ('*_cohort.json\n' if cohort else ''))
     out.append(root / '.bidsignore')
-    (root / 'README').write_text(_DERIV_README)
+    (root / 'README').write_text(_DERIV_README + (
+        '\n`sub-XX/sub-XX_cohort.json`: the per-subject cohort draws (acquisition settings, '
+        'anatomy, lesions with positions); lesion labels 16-21 in the dseg table.\n'
+        if cohort else ''))
     out.append(root / 'README')
     return out
 

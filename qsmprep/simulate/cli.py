@@ -13,7 +13,14 @@ import math
 import sys
 
 from qsmprep.__about__ import __version__
-from qsmprep.simulate.presets import DEFAULTS, PRESETS, SimulationConfigError, resolve_config
+from qsmprep.simulate.presets import (
+    DEFAULTS,
+    GRID_ORIENTATIONS,
+    PRESETS,
+    REALISTIC,
+    SimulationConfigError,
+    resolve_config,
+)
 
 __all__ = ['EX_CANTCREAT', 'EX_USAGE', 'build_parser', 'main']
 
@@ -44,8 +51,13 @@ def _preset_table():
     rows = []
     for name, p in PRESETS.items():
         vs = 'x'.join(f'{v:g}' for v in p['voxel_size'])
+        cohort = p.get('variation') == 'cohort'
+        if cohort:
+            vs = '1-2'
         rows.append(f'  {name:7s} {vs:>7s} mm, {p["orientations"]:2d} orientations, '
-                    f'{len(p["echo_times"])} echoes, {p["subjects"]} subject(s)')
+                    f'{len(p["echo_times"])} echoes, {p["subjects"]} subject(s)' +
+                    (', every subject drawn (anatomy, lesions, voxel size, 3/7 T, SNR)'
+                     if cohort else ''))
     return '\n'.join(rows)
 
 
@@ -108,10 +120,53 @@ def build_parser():
     g.add_argument('--tilt-range', type=float, nargs=2, metavar=('MIN', 'MAX'),
                    help='head tilts in degrees of the non-reference orientations '
                         '(default: 15 40)')
+    g.add_argument('--grid-orientation', type=str.upper, choices=GRID_ORIENTATIONS,
+                   metavar='CODE',
+                   help='axis code of the acquisition grids: RAS, or LAS (x flipped, as many '
+                        'scanners write) or any other sign flip (default: RAS; 7t: LAS)')
+    g = p.add_argument_group('realism effects (all off by default except with --realistic '
+                             'or --preset 7t)')
+    g.add_argument('--realism', choices=('none', 'realistic'),
+                   help="'realistic' turns on every effect below at documented strengths, "
+                        'plus scanner-integer phase and int16 magnitude, unless set '
+                        'explicitly (default: none; 7t: realistic)')
+    g.add_argument('--realistic', dest='realism', action='store_const', const='realistic',
+                   help='same as --realism realistic')
+    g.add_argument('--air-cavities', choices=('standard', 'extended'),
+                   help="air cavities: 'extended' adds larger frontal/sphenoid sinuses, "
+                        'ethmoid and mastoid cells next to the frontal and temporal lobes '
+                        f"(realistic: {REALISTIC['air_cavities']})")
+    g.add_argument('--body', action=argparse.BooleanOptionalAction, default=None,
+                   help='add the field of the neck and shoulders below the modelled head '
+                        '(sources outside the field of view)')
+    g.add_argument('--dephasing', action=argparse.BooleanOptionalAction, default=None,
+                   help='intravoxel dephasing: magnitude x |sinc(gamma G dx TE/2)| per axis '
+                        'where the field gradient is steep (signal dropout near air)')
+    g.add_argument('--receiver-nonharmonic', type=float, metavar='RAD',
+                   help='peak amplitude (rad) of a smooth non-harmonic, TE-independent '
+                        f"receiver phase (realistic: {REALISTIC['receiver_nonharmonic']:g})")
+    g.add_argument('--coil-phase', type=float, metavar='RAD',
+                   help='peak amplitude (rad) of a smooth non-harmonic coil-combination '
+                        'phase drawn independently per echo '
+                        f"(realistic: {REALISTIC['coil_phase']:g})")
+    g.add_argument('--bias-field', type=float, metavar='A',
+                   help='magnitude bias: central brightening 1 + A*G times a smooth random '
+                        'exp(A/2*n) (realistic: 0.2 below 5 T, 0.5 from 5 T)')
     g = p.add_argument_group('phantom and numerics')
     g.add_argument('--deformation', type=float, metavar='MM',
                    help='amplitude of the per-subject random deformation in mm (default: 3; '
-                        'cohort: 4)')
+                        'cohort: drawn per subject in 2-6)')
+    g.add_argument('--variation', choices=('none', 'cohort'),
+                   help="'cohort': per-subject random head size, pose and deformation, "
+                        'deep-grey-matter iron, white-matter anisotropy and fibre field, '
+                        'veins, lesions and (unless given) voxel size, field strength, SNR; '
+                        'draws in derivatives/.../sub-XX_cohort.json (default: none; '
+                        'cohort: cohort)')
+    g.add_argument('--lesions', choices=('none', 'random', 'all'),
+                   help='lesions of a cohort (MS-like iso-intense and paramagnetic-rim, '
+                        'microbleeds, calcifications, a haemorrhage): a random number of '
+                        "each class, at least one of each, or none (default with --variation "
+                        "cohort: random)")
     g.add_argument('--model-resolution', type=float, metavar='MM',
                    help='phantom model grid in mm (default: the smallest voxel size)')
     g.add_argument('--padding', type=float, metavar='MM',
@@ -130,7 +185,9 @@ def build_parser():
 
 _OVERRIDES = ('orientations', 'echoes', 'echo_times', 'voxel_size', 'field_strength', 'snr',
               'phase_units', 'magnitude_dtype', 'b0_dir_sidecar', 'oblique', 'tilt_range',
-              'deformation', 'model_resolution', 'padding', 'fov_margin', 'truth')
+              'deformation', 'model_resolution', 'padding', 'fov_margin', 'truth',
+              'grid_orientation', 'realism', 'air_cavities', 'body', 'dephasing',
+              'receiver_nonharmonic', 'coil_phase', 'bias_field', 'variation', 'lesions')
 
 
 def main(argv=None) -> int:

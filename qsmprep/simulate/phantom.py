@@ -20,7 +20,9 @@ of the head is synthesised around the brain:
   eigenvector, so ``f`` is a unit vector).
 
 Every subject gets a seeded smooth random deformation (global scaling about the brain
-centre plus a smooth displacement field) and random tissue values, so a cohort varies.  All
+centre plus a smooth displacement field) and random tissue values, so a cohort varies;
+``variation`` (:mod:`qsmprep.simulate.cohort`) adds head size and pose, iron, anisotropy,
+fibre-field, vein and lesion variation (lesion labels 16–21).  All
 structures are evaluated at the deformed template coordinate of each voxel, so they move with
 the anatomy.  Partial volume: every structure has a soft edge one model voxel wide, and
 properties mix linearly.
@@ -49,6 +51,7 @@ import numpy as np
 from scipy import ndimage
 
 from qsmprep.numerics._checks import as_voxel_size
+from qsmprep.numerics.geometry import apply_affine, voxel_sizes
 
 __all__ = ['AIR_CHI', 'LABELS', 'TISSUES', 'Phantom', 'draw_tissue_values', 'fibre_field',
            'load_template', 'make_phantom', 'template_grid']
@@ -92,6 +95,8 @@ for _i, (_name, _, _, _) in enumerate(_NUCLEI):
     LABELS[2 * _i + 2] = f'{_name}_R'
 LABELS[15] = 'veins'
 VEIN_LABEL = 15
+#: Tissue names of the deep grey nuclei (in :data:`_NUCLEI` order).
+NUCLEUS_TISSUES = tuple(t for _, t, _, _ in _NUCLEI)
 
 # Air cavities: (name, centre (MNI mm), semi-axes mm); mirrored where x != 0.
 _AIR = (
@@ -101,6 +106,17 @@ _AIR = (
     ('maxillary_sinus', (30.0, 48.0, -56.0), (11.0, 15.0, 13.0)),
     ('ear_canal', (70.0, -22.0, -42.0), (14.0, 4.0, 4.0)),
     ('mastoid', (55.0, -45.0, -52.0), (7.0, 9.0, 9.0)),
+)
+# ``air='extended'``: larger cavities reaching the bone next to the frontal and temporal
+# lobes (clipped like the others to stay outside the CSF rim + 1 mm): a tall frontal sinus,
+# ethmoid cells under the frontal lobes, a sphenoid sinus between the temporal poles, and
+# mastoid air cells / middle-ear cavity under the temporal lobes.
+_AIR_EXTENDED = (
+    ('frontal_sinus', (0.0, 70.0, 12.0), (20.0, 9.0, 16.0)),
+    ('ethmoid_cells', (12.0, 40.0, -26.0), (7.0, 16.0, 10.0)),
+    ('sphenoid_sinus', (0.0, 14.0, -30.0), (16.0, 14.0, 11.0)),
+    ('mastoid', (48.0, -38.0, -42.0), (12.0, 15.0, 12.0)),
+    ('middle_ear', (50.0, -20.0, -36.0), (8.0, 6.0, 6.0)),
 )
 _FACE = ((0.0, 50.0, -50.0), (58.0, 45.0, 45.0))       # soft-tissue ellipsoid
 _NECK = ((0.0, -30.0), (50.0, 50.0), (-200.0, -55.0))   # elliptic cylinder: centre xy, radii, z
@@ -253,13 +269,15 @@ def _g(t, w):
     return np.exp(-(t / w) ** 2)
 
 
-def fibre_field(x, y, z):
+def fibre_field(x, y, z, weights=None):
     """Smooth unit fibre directions at MNI coordinates (mm), shape ``(*x.shape, 3)``.
 
     A weighted mean of the dyadics ``f_k f_kᵀ`` of a few tract models (corpus callosum
     ``±x`` near the midline, internal capsule/corticospinal tract ``±z``, cingulum and
     superior/inferior longitudinal fasciculi ``±y``, a radial corona-radiata background),
     reduced to its principal eigenvector (sign is irrelevant: only ``f fᵀ`` is used).
+    ``weights`` (6 factors, optional) multiply the tract weights in that order
+    (callosum, capsule, cingulum, SLF, ILF, radial).
 
     >>> f = fibre_field(np.array([0.0, 22.0, 36.0]), np.array([-5.0, -8.0, -20.0]),
     ...                 np.array([22.0, 10.0, 28.0]))
@@ -290,6 +308,8 @@ def fibre_field(x, y, z):
     # radial background (corona radiata)
     r = np.stack([x - _CENTRE[0], y - _CENTRE[1], z - _CENTRE[2]])
     tracts.append((0.3 * one, tuple(r)))
+    if weights is not None:
+        tracts = [(np.float32(k) * w, v) for k, (w, v) in zip(weights, tracts, strict=True)]
     M = np.zeros((*x.shape, 3, 3), np.float32)
     wsum = np.zeros_like(x)
     for w, v in tracts:
@@ -329,6 +349,11 @@ class Phantom:
         The drawn tissue values (:func:`draw_tissue_values`), JSON-serialisable.
     centre : (3,) array
         Brain centre of mass (mm), the centre of the head rotations.
+    deformation : dict
+        Scale, displacement amplitude, shell thicknesses (and the cohort pose, Jacobian).
+    lesions : list of dict
+        Lesions painted (``variation`` of :func:`make_phantom`): class, label, centre (mm,
+        head frame), radii, axes, χ; empty without.
     """
 
     affine: np.ndarray
@@ -341,6 +366,7 @@ class Phantom:
     tissue_values: dict = field(default_factory=dict)
     centre: np.ndarray = field(default_factory=lambda: np.zeros(3))
     deformation: dict = field(default_factory=dict)
+    lesions: list = field(default_factory=list)
 
     @property
     def shape(self):
@@ -348,7 +374,7 @@ class Phantom:
 
     @property
     def voxel_size(self):
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
+        return voxel_sizes(self.affine)
 
     def tensor(self):
         """Full tensor ``χ_mean·I + χ_aniso`` (X, Y, Z, 6), ppm."""
@@ -363,7 +389,7 @@ class Phantom:
         lo, hi = idx.min(0) - 1, idx.max(0) + 1
         corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
                             for c in (lo[2], hi[2])], dtype=float)
-        return corners @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return apply_affine(self.affine, corners)
 
     def head_mask(self):
         """Everything that is not air (χ differs from air or PD > 0)."""
@@ -407,7 +433,7 @@ def _surface_points(mask, affine, stride=2):
     """World coordinates of (a subsample of) the boundary voxels of ``mask``."""
     edge = mask & ~ndimage.binary_erosion(mask)
     idx = np.argwhere(edge)[::stride]
-    return idx @ affine[:3, :3].T + affine[:3, 3]
+    return apply_affine(affine, idx)
 
 
 def _soft_inside(signed, width):
@@ -426,9 +452,12 @@ def _paint(arrays, values, f, sl=(slice(None),) * 3):
 class _Coords:
     """Template (MNI) coordinates of every model voxel after the subject's deformation."""
 
-    def __init__(self, affine, shape, scale, disp):
+    def __init__(self, affine, shape, scale, disp, matrix=None):
         self.affine, self.shape, self.scale, self.disp = affine, shape, scale, disp
         self.umax = float(np.sqrt((disp ** 2).sum(0)).max()) if disp is not None else 0.0
+        # matrix: the linear part A of x = C + A (t - C) (pose @ diag(scale)); None: diag
+        self.matrix = None if matrix is None else np.asarray(matrix, float)
+        self.inverse = None if matrix is None else np.linalg.inv(self.matrix)
 
     def world(self, sl):
         axes = []
@@ -441,6 +470,16 @@ class _Coords:
         """Template coordinates ``φ(x) = C + (x − C)/s + u(x)`` on slices ``sl``."""
         X = self.world(sl)
         out = []
+        if self.matrix is not None:
+            B = self.inverse
+            rel = [(X[e] - _CENTRE[e]).astype(np.float32) for e in range(3)]
+            for d in range(3):
+                t = np.float32(_CENTRE[d]) + sum(np.float32(B[d, e]) * rel[e]
+                                                 for e in range(3))
+                if self.disp is not None:
+                    t = t + self.disp[d][sl]
+                out.append(t.astype(np.float32))
+            return out
         for d in range(3):
             t = _CENTRE[d] + (X[d] - _CENTRE[d]) / self.scale[d]
             if self.disp is not None:
@@ -451,6 +490,16 @@ class _Coords:
     def box_slices(self, lo, hi):
         """Model-grid slices that contain every voxel whose template coordinate is in box."""
         sl = []
+        if self.matrix is not None:
+            m = self.umax + 2
+            corners = np.array([[a, b, c] for a in (lo[0] - m, hi[0] + m)
+                                for b in (lo[1] - m, hi[1] + m) for c in (lo[2] - m, hi[2] + m)])
+            w = _CENTRE + (corners - _CENTRE) @ self.matrix.T
+            for d in range(3):
+                i0 = int(np.floor((w[:, d].min() - self.affine[d, 3]) / self.affine[d, d]))
+                i1 = int(np.ceil((w[:, d].max() - self.affine[d, 3]) / self.affine[d, d])) + 1
+                sl.append(slice(max(i0, 0), min(max(i1, 0), self.shape[d])))
+            return tuple(sl)
         for d in range(3):
             a = _CENTRE[d] + (np.array([lo[d], hi[d]]) - self.umax - 2 - _CENTRE[d]) * \
                 self.scale[d]
@@ -532,8 +581,157 @@ def _vein_segments(rng, n_cortical):
     return segs
 
 
+def _push_forward(f, coords, sl, sub, res):
+    """Fibre directions pushed forward by the warp: ``f ∝ (Dφ)⁻¹ f_template``.
+
+    ``Dφ = A⁻¹ + ∇u`` is the Jacobian of the subject → template map on the slices ``sl``
+    (central differences of the displacement), evaluated where ``sub`` is true.  Returns
+    the unit directions and the smallest ``det Dφ`` there (> 0: the warp folds nowhere).
+    """
+    B = coords.inverse if coords.inverse is not None else np.diag(1.0 / coords.scale)
+    n = f.shape[0]
+    J = np.broadcast_to(B.astype(np.float32), (n, 3, 3)).copy()
+    if coords.disp is not None:
+        for d in range(3):
+            grads = np.gradient(coords.disp[d][sl], res)
+            for e in range(3):
+                J[:, d, e] += grads[e][sub]
+            del grads
+    v = np.linalg.solve(J, f[..., None])[..., 0]
+    v /= np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+    det = float(np.linalg.det(J).min()) if n else 1.0
+    return np.ascontiguousarray(v, dtype=np.float32), det
+
+
+def _jitter_fibres(f, sub, res, max_deg, rng, *, coarse_mm=24.0):
+    """Turn unit directions ``f`` (at the voxels ``sub`` of a box) by a smooth random
+    rotation field: rotation vector ``ω(x)``, ``|ω| <= max_deg`` degrees (Rodrigues)."""
+    w = _smooth_displacement(sub.shape, (res,) * 3, np.deg2rad(max_deg), rng,
+                             coarse_mm=coarse_mm)
+    w = np.stack([c[sub] for c in w], axis=-1).astype(np.float64)
+    theta = np.linalg.norm(w, axis=-1, keepdims=True)
+    k = w / np.maximum(theta, 1e-12)
+    v = f.astype(np.float64)
+    out = v * np.cos(theta) + np.cross(k, v) * np.sin(theta) + \
+        k * np.sum(k * v, axis=-1, keepdims=True) * (1.0 - np.cos(theta))
+    return np.ascontiguousarray(out / np.linalg.norm(out, axis=-1, keepdims=True),
+                                dtype=np.float32)
+
+
+def _ellipsoid_fraction(affine, shape, centre, radii, axes, res, sub=4, box=None):
+    """(slices, fraction) of an ellipsoid in world mm, by ``sub``³ supersampling per voxel
+    (on the slices ``box`` if given)."""
+    radii = np.asarray(radii, float)
+    c_vox = (np.asarray(centre, float) - affine[:3, 3]) / np.diag(affine)[:3]
+    ext = radii.max() / res + 1.0
+    lo = np.maximum(np.floor(c_vox - ext).astype(int), 0)
+    hi = np.minimum(np.ceil(c_vox + ext).astype(int) + 1, shape)
+    if box is not None:
+        lo, hi = np.array([b.start for b in box]), np.array([b.stop for b in box])
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    if any(b <= a for a, b in zip(lo, hi, strict=True)):
+        return sl, None
+    off = (np.arange(sub) + 0.5) / sub - 0.5
+    axes_v = [(np.arange(a, b)[:, None] + off[None, :]).ravel() * res + affine[d, 3] -
+              centre[d] for d, (a, b) in enumerate(zip(lo, hi, strict=True))]
+    X, Y, Z = np.meshgrid(*axes_v, indexing='ij')
+    Q = np.asarray(axes, float)  # columns: principal axes
+    q = sum(((X * Q[0, k] + Y * Q[1, k] + Z * Q[2, k]) / radii[k]) ** 2 for k in range(3))
+    inside = (q <= 1.0).astype(np.float32)
+    n = [b - a for a, b in zip(lo, hi, strict=True)]
+    frac = inside.reshape(n[0], sub, n[1], sub, n[2], sub).mean(axis=(1, 3, 5))
+    return sl, frac.astype(np.float32)
+
+
+# lesions are placed largest first, each class at its own kind of site
+_LESION_ORDER = ('haemorrhage', 'ms_rim', 'ms_iso', 'calcification', 'microbleed')
+
+
+def _paint_lesions(specs, rng, props, aniso, labels, brain, wm_core, par_core, affine, res,
+                   values):
+    """Place and paint lesions (in place); returns their records (JSON-serialisable).
+
+    White-matter lesions (``ms_*``) are centred where the distance to the nearest
+    non-white-matter or labelled voxel is at least their extent + 1 mm; the others in
+    parenchyma (GM or WM ≥ 0.8, no label) as deep as that; lesions do not overlap.
+    Partial volume: exact-ish ellipsoid fractions (4³ sub-samples per voxel), mixed
+    linearly like every other structure; labels where the fraction is ≥ 1/2 and at the
+    voxel of largest fraction (so a sub-voxel microbleed still has one).
+    """
+    idx = np.argwhere(brain)
+    b0, b1 = idx.min(0), idx.max(0) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(b0, b1, strict=True))
+    free = (labels[box] == 0) & brain[box]
+    depth = {'wm': ndimage.distance_transform_edt(wm_core[box] & free, sampling=res),
+             'par': ndimage.distance_transform_edt(par_core[box] & free, sampling=res)}
+    wm_chi = float(values['wm']['chi'])
+    placed, out = [], []
+    order = sorted(range(len(specs)), key=lambda i: (_LESION_ORDER.index(specs[i]['class']), i))
+    for i in order:
+        spec = dict(specs[i])
+        radii = np.asarray(spec['radii_mm'], float)
+        ext = float(radii.max() + spec.get('rim_mm', 0.0))
+        dmap = depth['wm' if spec['class'].startswith('ms') else 'par']
+        need = min(ext + 1.0, 0.8 * float(dmap.max()))
+        cand = np.argwhere(dmap >= need)
+        centre = None
+        for _ in range(200):
+            v = cand[rng.integers(cand.shape[0])] + b0 + rng.uniform(-0.5, 0.5, 3)
+            c = affine[:3, :3] @ v + affine[:3, 3]
+            if all(np.linalg.norm(c - pc) >= ext + pe + 1.5 for pc, pe in placed):
+                centre = c
+                break
+        if centre is None:
+            continue
+        placed.append((centre, ext))
+        rec = {**spec, 'centre_mm': [float(x) for x in centre]}
+        if 'delta_chi_ppm' in spec:
+            rec['chi_ppm'] = wm_chi + spec['delta_chi_ppm']
+        shape = labels.shape
+        if spec['class'] == 'ms_rim':
+            rec['rim_chi_ppm'] = wm_chi + spec['rim_delta_chi_ppm']
+            sl, fo = _ellipsoid_fraction(affine, shape, centre, radii + spec['rim_mm'],
+                                         spec['axes'], res)
+            _, fc = _ellipsoid_fraction(affine, shape, centre, radii, spec['axes'], res,
+                                        box=sl)
+            fo, fc = fo * brain[sl], fc * brain[sl]
+            # (1 - f_outer)·tissue + (f_outer - f_core)·rim + f_core·core
+            fc = np.minimum(fc, fo)
+            for arr, vr, vc in zip(props, (rec['rim_chi_ppm'], spec['pd'], spec['rim_r2star']),
+                                   (rec['chi_ppm'], spec['pd'], spec['r2star']), strict=True):
+                sub = arr[sl]
+                sub *= 1.0 - fo
+                sub += (fo - fc) * np.float32(vr) + fc * np.float32(vc)
+            aniso[sl] *= (1.0 - fo)[..., None]
+            lab = labels[sl]
+            rim = (fo >= 0.5) & (fc < 0.5)
+            if not rim.any():
+                rim = np.zeros_like(rim)
+                rim[np.unravel_index(np.argmax(fo - fc), fo.shape)] = True
+            lab[rim] = spec['rim_label']
+            core = fc >= 0.5
+            core[np.unravel_index(np.argmax(fc), fc.shape)] = True
+            lab[core] = spec['label']
+            rec['labelled_voxels'] = int(core.sum())
+            rec['rim_labelled_voxels'] = int((lab == spec['rim_label']).sum())
+        else:
+            sl, f = _ellipsoid_fraction(affine, shape, centre, radii, spec['axes'], res)
+            f = f * brain[sl]
+            _paint([a[sl] for a in props], (rec['chi_ppm'], spec['pd'], spec['r2star']), f)
+            aniso[sl] *= (1.0 - f)[..., None]
+            lab = labels[sl]
+            core = f >= 0.5
+            core[np.unravel_index(np.argmax(f), f.shape)] = True
+            lab[core] = spec['label']
+            rec['labelled_voxels'] = int(core.sum())
+        rec['volume_mm3'] = float(4.0 / 3.0 * np.pi * np.prod(radii))
+        out.append(rec)
+    return out
+
+
 def make_phantom(resolution=2.0, *, rng, deformation: float = 3.0, scale_range=0.04,
-                 cortical_veins: int = 6, threads: int = 2) -> Phantom:
+                 cortical_veins: int = 6, threads: int = 2,
+                 air: str = 'standard', variation: dict | None = None) -> Phantom:
     """Build one subject's head phantom on an isotropic model grid.
 
     Parameters
@@ -551,6 +749,18 @@ def make_phantom(resolution=2.0, *, rng, deformation: float = 3.0, scale_range=0
         Number of random cortical veins.
     threads : int
         Threads for the template interpolation.
+    air : {'standard', 'extended'}
+        Air cavities: the standard set, or with the larger cavities next to the frontal
+        and temporal lobes added (``_AIR_EXTENDED``).  Adds no random draws.
+    variation : dict, optional
+        Cohort variation (``anatomy`` merged with ``lesions`` of
+        :func:`qsmprep.simulate.cohort.draw_subject`): ``scale`` (3, replaces the scale
+        drawn from ``rng``), ``pose`` (3 × 3 rotation of the anatomy about the brain
+        centre), ``iron_factor`` (per nucleus tissue), ``msa_scale``, ``tract_weights``,
+        ``fibre_jitter_deg`` and ``fibre_seed`` (a smooth random rotation of the fibres),
+        ``cortical_veins``, ``vein_radius_scale``, ``lesions`` and ``lesion_seed``.  The
+        fibre directions are pushed forward by the inverse local Jacobian of the warp.
+        None (default): the phantom of earlier versions, bit for bit.
 
     Returns
     -------
@@ -570,9 +780,21 @@ def make_phantom(resolution=2.0, *, rng, deformation: float = 3.0, scale_range=0
     affine, shape = template_grid(res)
     values = draw_tissue_values(rng)
     scale = 1.0 + rng.uniform(-scale_range, scale_range, 3) if scale_range else np.ones(3)
+    matrix = None
+    var = variation
+    if var is not None:
+        scale = np.asarray(var['scale'], float)
+        matrix = np.asarray(var.get('pose', np.eye(3)), float) @ np.diag(scale)
+        cortical_veins = int(var.get('cortical_veins', cortical_veins))
+        for tis in NUCLEUS_TISSUES:
+            k = float(var.get('iron_factor', {}).get(tis, 1.0))
+            lo, hi = TISSUES[tis]['chi']
+            values[tis]['chi'] = 0.5 * (lo + hi) * k
+            values[tis]['r2star'] *= k
+        values['wm']['dchi'] *= float(var.get('msa_scale', 1.0))
     disp = (_smooth_displacement(shape, (res,) * 3, deformation, rng)
             if deformation > 0 else None)
-    coords = _Coords(affine, shape, scale, disp)
+    coords = _Coords(affine, shape, scale, disp, matrix)
 
     # -- template maps at the deformed coordinates
     tpl = _template_at(res)
@@ -598,6 +820,11 @@ def make_phantom(resolution=2.0, *, rng, deformation: float = 3.0, scale_range=0
     wm[over] /= s[over]
     csf = np.where(brain, 1.0 - gm - wm, 0.0).astype(np.float32)
     del s, over
+    if variation is not None and variation.get('lesions'):
+        wm_core = wm >= 0.5            # lesion sites: white matter, parenchyma
+        par_core = (gm + wm) >= 0.8
+    else:
+        wm_core = par_core = None
 
     # -- head outside the brain: shells by distance from brain ∪ spinal canal
     chi = np.full(shape, AIR_CHI, np.float32)
@@ -634,8 +861,13 @@ def make_phantom(resolution=2.0, *, rng, deformation: float = 3.0, scale_range=0
     _paint(props, tissue('csf'), _soft_inside(d - rim, res))
     if f_canal is not None:  # spinal cord and CSF in the canal
         _paint([a[sl_c] for a in props], tissue('csf'), f_canal * ~brain[sl_c])
-    protect = np.clip((d - rim - 1.0) / res, 0.0, 1.0).astype(np.float32)
-    for _name, c, r in _AIR:
+    if air not in ('standard', 'extended'):
+        raise ValueError(f"air must be 'standard' or 'extended'; got {air!r}")
+    # air stays outside the CSF rim + 1 mm of bone; 'extended' lets it reach that distance
+    # at full fraction (the standard ramp reaches full air one model voxel further out)
+    gap = rim + (1.0 if air == 'standard' else 1.0 - res)
+    protect = np.clip((d - gap) / res, 0.0, 1.0).astype(np.float32)
+    for _name, c, r in _AIR + (_AIR_EXTENDED if air == 'extended' else ()):
         for sx in ((-1.0, 1.0) if c[0] else (1.0,)):
             sl, f = _ellipsoid(coords, (sx * c[0], c[1], c[2]), r, res)
             if f is not None:
@@ -652,13 +884,22 @@ def make_phantom(resolution=2.0, *, rng, deformation: float = 3.0, scale_range=0
     del gm, csf, b
 
     # -- white-matter anisotropy along the fibre field
+    jdet = None
     aniso = np.zeros((*shape, 6), np.float32)
     idx = np.nonzero(wm > 0.01)
     if idx[0].size:
         sl = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
         t = coords.template(sl)
         sub = wm[sl] > 0.01
-        f = fibre_field(t[0][sub], t[1][sub], t[2][sub])
+        f = fibre_field(t[0][sub], t[1][sub], t[2][sub],
+                        weights=None if var is None else var.get('tract_weights'))
+        if var is not None:
+            f, jdet = _push_forward(f, coords, sl, sub, res)
+            if var.get('fibre_jitter_deg', 0.0) > 0:
+                from qsmprep.simulate.cohort import _rng as _seeded
+
+                f = _jitter_fibres(f, sub, res, var['fibre_jitter_deg'],
+                                   _seeded(*var['fibre_seed']))
         amp = values['wm']['dchi'] * wm[sl][sub]
         pairs = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
         for c, (p, q) in enumerate(pairs):
@@ -678,8 +919,9 @@ def make_phantom(resolution=2.0, *, rng, deformation: float = 3.0, scale_range=0
             _paint([a[sl] for a in props], tissue(tis), f)
             aniso[sl] *= (1.0 - f)[..., None]
             labels[sl][f >= 0.5] = 2 * i + side + 1
+    rscale = 1.0 if var is None else float(var.get('vein_radius_scale', 1.0))
     for p0, p1, rad in _vein_segments(rng, cortical_veins):
-        sl, f = _tube(coords, p0, p1, rad, res)
+        sl, f = _tube(coords, p0, p1, rad * rscale, res)
         if f is None:
             continue
         f = f * brain[sl]
@@ -687,8 +929,18 @@ def make_phantom(resolution=2.0, *, rng, deformation: float = 3.0, scale_range=0
         aniso[sl] *= (1.0 - f)[..., None]
         labels[sl][f >= 0.5] = VEIN_LABEL
 
-    centre = np.argwhere(brain).mean(0) @ affine[:3, :3].T + affine[:3, 3]
+    lesions = []
+    if var is not None and var.get('lesions'):
+        from qsmprep.simulate.cohort import _rng as _seeded
+
+        lesions = _paint_lesions(var['lesions'], _seeded(*var['lesion_seed']), props, aniso,
+                                 labels, brain, wm_core, par_core, affine, res, values)
+    centre = apply_affine(affine, np.argwhere(brain).mean(0))
     deform = {'scale': [float(v) for v in scale], 'max_displacement_mm': float(coords.umax),
               'rim_mm': rim, 'skull_mm': skull - rim, 'scalp_mm': scalp - skull}
+    if var is not None:
+        deform['pose'] = np.asarray(var.get('pose', np.eye(3)), float).tolist()
+        deform['min_jacobian_det_wm'] = jdet
     return Phantom(affine=affine, chi_mean=chi, chi_aniso=aniso, brain=brain, labels=labels,
-                   pd=pd, r2star=r2, tissue_values=values, centre=centre, deformation=deform)
+                   pd=pd, r2star=r2, tissue_values=values, centre=centre, deformation=deform,
+                   lesions=lesions)

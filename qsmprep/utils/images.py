@@ -2,7 +2,8 @@
 
 Geometry conventions (``docs/physics.md``): world coordinates are NIfTI RAS+ mm; a *world
 transform* ``M`` (4×4) maps points of a moving image's world space onto the reference's
-world space (``x_ref = M x_mov``).
+world space (``x_ref = M x_mov``).  Voxel sizes and B0 directions come from
+:mod:`qsmprep.numerics.geometry`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 from scipy import ndimage
+
+# geometry (voxel sizes, B0 frames) is in qsmprep.numerics.geometry; voxel_sizes re-exported
+from qsmprep.numerics.geometry import voxel_sizes
+
+__all__ = ['load', 'resample', 'resample_mask', 'save', 'voxel_sizes']
 
 
 def load(path, dtype=np.float32):
@@ -35,11 +41,6 @@ def save(data, affine, path, *, dtype=None, header=None) -> str:
     img.header.set_xyzt_units('mm', 'sec')
     img.to_filename(str(path))
     return str(Path(path).absolute())
-
-
-def voxel_sizes(affine) -> np.ndarray:
-    """Voxel sizes (mm) from an affine."""
-    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
 
 
 def resample(data, src_affine, dst_affine, dst_shape, *, world_xfm=None, order=1, cval=0.0):
@@ -67,27 +68,3 @@ def resample_mask(mask, src_affine, dst_affine, dst_shape, *, world_xfm=None) ->
     """Resample a binary mask (trilinear, then threshold at 0.5)."""
     return resample(np.asarray(mask, np.float32), src_affine, dst_affine, dst_shape,
                     world_xfm=world_xfm, order=1) > 0.5
-
-
-def rotation_of(world_xfm) -> np.ndarray:
-    """Nearest rotation (polar decomposition) of the 3×3 block of a world transform."""
-    U, _, Vt = np.linalg.svd(np.asarray(world_xfm, float)[:3, :3])
-    return U @ Vt
-
-
-def b0_in_reference(b0_native, native_affine, ref_affine, world_xfm=None) -> np.ndarray:
-    """Express an acquisition's B0 direction in the reference voxel frame.
-
-    ``b0_native`` is the unit B0 vector in the acquisition's voxel frame (from the sidecar
-    ``B0_dir`` or the affine).  In world coordinates it is ``R_nat b``; the rigid world
-    transform ``M`` (acquisition → reference) rotates it by ``Q``; the reference voxel frame
-    is reached with ``R_ref⁻¹``:  ``b_ref = R_ref⁻¹ Q R_nat b``.
-    """
-    def cosines(A):
-        M = np.asarray(A, float)[:3, :3]
-        return M / np.linalg.norm(M, axis=0)
-
-    Q = np.eye(3) if world_xfm is None else rotation_of(world_xfm)
-    b = np.linalg.solve(cosines(ref_affine), Q @ cosines(native_affine) @ np.asarray(
-        b0_native, float))
-    return b / np.linalg.norm(b)

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from qsmprep.numerics._checks import as_mask, as_volume
 
-__all__ = ['largest_component', 'python_bet', 'refine_mask']
+__all__ = ['bet_surface_mask', 'largest_component', 'python_bet', 'refine_mask']
 
 
 def largest_component(mask) -> np.ndarray:
@@ -118,6 +118,45 @@ def refine_mask(mask, magnitude, *, threshold: float = 0.2) -> np.ndarray:
     return largest_component(m)
 
 
+def bet_surface_mask(magnitude, affine, *, frac: float = 0.5,
+                     iterations: int = 1000) -> np.ndarray:
+    """The ``brainextractor`` BET port's mask of a magnitude image, before refinement.
+
+    Parameters are those of :func:`python_bet`.  BET's parameters (surface spacing, search
+    distances ``d1``/``d2`` in mm, smoothness) assume an isotropic grid, so an anisotropic
+    image is resampled (linear) to its smallest voxel size, the surface is run there, and
+    its mask is resampled back (nearest to 0.5 of the linear interpolant).
+
+    Returns
+    -------
+    ndarray of bool
+        On the grid of ``magnitude``; not refined (see :func:`python_bet`).
+    """
+    import nibabel as nb
+    from brainextractor import BrainExtractor
+
+    from qsmprep.numerics.geometry import voxel_sizes
+    from qsmprep.utils.images import resample
+
+    mag = np.asarray(magnitude, np.float32)
+    vs = voxel_sizes(affine)
+    iso = float(vs.min())
+    if np.allclose(vs, iso, rtol=1e-3):
+        work, work_aff = mag, np.asarray(affine, float)
+    else:
+        shape = np.ceil(np.array(mag.shape) * vs / iso).astype(int)
+        work_aff = np.asarray(affine, float) @ np.diag([*(iso / vs), 1.0])
+        work = resample(mag, affine, work_aff, shape, order=1)
+    img = nb.Nifti1Image(work, work_aff)
+    with contextlib.redirect_stdout(io.StringIO()):
+        bet = BrainExtractor(img=img, bt=frac)
+        bet.run(iterations=iterations)
+        mask = bet.compute_mask() > 0
+    if work is not mag:
+        mask = resample(mask.astype(np.float32), work_aff, affine, mag.shape, order=1) > 0.5
+    return mask
+
+
 def python_bet(magnitude, affine, *, frac: float = 0.5, iterations: int = 1000,
                threshold: float = 0.2) -> np.ndarray:
     """Brain mask of a magnitude image with the ``brainextractor`` BET port.
@@ -139,26 +178,7 @@ def python_bet(magnitude, affine, *, frac: float = 0.5, iterations: int = 1000,
     Returns
     -------
     ndarray of bool
+        ``refine_mask(bet_surface_mask(magnitude, affine, ...), magnitude, threshold=...)``.
     """
-    import nibabel as nb
-    from brainextractor import BrainExtractor
-
-    from qsmprep.utils.images import resample, voxel_sizes
-
-    mag = np.asarray(magnitude, np.float32)
-    vs = voxel_sizes(affine)
-    iso = float(vs.min())
-    if np.allclose(vs, iso, rtol=1e-3):
-        work, work_aff = mag, np.asarray(affine, float)
-    else:
-        shape = np.ceil(np.array(mag.shape) * vs / iso).astype(int)
-        work_aff = np.asarray(affine, float) @ np.diag([*(iso / vs), 1.0])
-        work = resample(mag, affine, work_aff, shape, order=1)
-    img = nb.Nifti1Image(work, work_aff)
-    with contextlib.redirect_stdout(io.StringIO()):
-        bet = BrainExtractor(img=img, bt=frac)
-        bet.run(iterations=iterations)
-        mask = bet.compute_mask() > 0
-    if work is not mag:
-        mask = resample(mask.astype(np.float32), work_aff, affine, mag.shape, order=1) > 0.5
-    return refine_mask(mask, mag, threshold=threshold)
+    mask = bet_surface_mask(magnitude, affine, frac=frac, iterations=iterations)
+    return refine_mask(mask, np.asarray(magnitude, np.float32), threshold=threshold)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from qsmprep.numerics.geometry import direction_cosines, voxel_sizes
+
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
 
 
@@ -15,11 +17,10 @@ def _to_sitk(data, affine):
     import SimpleITK as sitk
 
     A = _LPS @ np.asarray(affine, float)
-    spacing = np.linalg.norm(A[:3, :3], axis=0)
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data, np.float32).T))
-    img.SetSpacing([float(s) for s in spacing])
+    img.SetSpacing([float(s) for s in voxel_sizes(A)])
     img.SetOrigin([float(o) for o in A[:3, 3]])
-    img.SetDirection([float(d) for d in (A[:3, :3] / spacing).ravel()])
+    img.SetDirection([float(d) for d in direction_cosines(A).ravel()])
     return img
 
 
@@ -42,8 +43,6 @@ def dilate_mm(mask, affine, margin: float) -> np.ndarray:
     7
     """
     from scipy import ndimage
-
-    from qsmprep.utils.images import voxel_sizes
 
     mask = np.asarray(mask, bool)
     if not mask.any():

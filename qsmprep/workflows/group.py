@@ -17,7 +17,7 @@ setting                  default           meaning
 ``dl_batch_size``        2
 ``dl_learning_rate``     1e-3
 ``dl_lr_schedule``       ``'cosine'``
-``dl_patch_size``        48 (3D) / 128 (2D)
+``dl_patch_size``        auto (3D) / 128   3D: :func:`auto_patch_size` (≈ 96 mm, 48 at 2 mm)
 ``dl_seed``              0
 ``dl_model_params``      ``{}``            builder keyword arguments (JSON)
 ``dl_validation``        0.2               fraction of subjects held out
@@ -30,7 +30,7 @@ setting                  default           meaning
 
 The dataset (shards) is written under ``<work_dir>/dl_dataset/<kind>`` and reused when its
 settings match; the model goes to ``<derivatives>/models/<name>/`` (``model.keras``,
-``model.json``, logs, checkpoints).
+``model.weights.h5``, ``model.json``, logs, checkpoints).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from qsmprep.utils.logs import IMPORTANT
 
 LOGGER = logging.getLogger('qsmprep')
 
-__all__ = ['dataset_options', 'run_group', 'training_config']
+__all__ = ['auto_patch_size', 'dataset_options', 'run_group', 'training_config']
 
 
 def _get(settings, name, default=None):
@@ -52,11 +52,55 @@ def _get(settings, name, default=None):
     return default if value is None else value
 
 
-def dataset_options(settings) -> dict:
-    """Keyword arguments of :func:`qsmprep.dl.data.build_dataset` from the settings."""
+def auto_patch_size(voxel_size, brain_extent=None, *, target_mm: float = 96.0) -> int:
+    """Edge (voxels) of the cubic 3D training patches when ``--dl-patch-size`` is not set.
+
+    About ``target_mm`` of tissue (the dipole field of a source reaches that far), a multiple of
+    8 (the U-Net halves it three times), between 16 and 64 voxels, and no larger than the
+    smallest brain extent (``brain_extent``, voxels, e.g. the mask's bounding box).
+
+    >>> auto_patch_size(2.0), auto_patch_size(1.0), auto_patch_size(4.0)
+    (48, 64, 24)
+    >>> auto_patch_size((1.0, 1.0, 2.0), brain_extent=(150, 180, 40))
+    40
+    """
+    import numpy as np
+
+    vs = float(np.max(np.broadcast_to(np.asarray(voxel_size, float), (3,))))
+    n = round(target_mm / vs / 8.0) * 8
+    if brain_extent is not None:
+        n = min(n, int(min(brain_extent)) // 8 * 8)
+    return int(min(64, max(16, n)))
+
+
+def _brain_extent(mask_file):
+    import numpy as np
+
+    from qsmprep.utils.images import load
+
+    m = load(mask_file)[0] > 0
+    if not m.any():
+        return None
+    idx = np.argwhere(m)
+    return tuple(int(v) for v in idx.max(0) - idx.min(0) + 1)
+
+
+def dataset_options(settings, pairs=None) -> dict:
+    """Keyword arguments of :func:`qsmprep.dl.data.build_dataset` from the settings.
+
+    Without ``dl_patch_size``, 3D patches get :func:`auto_patch_size` of the first pair's
+    voxel size and brain extent (48 when no pair is given).
+    """
     model = _get(settings, 'dl_model', 'modl')
     kind = 'slice2d' if model == 'swin' else 'patch3d'
-    size = _get(settings, 'dl_patch_size', 48 if kind == 'patch3d' else 128)
+    size = _get(settings, 'dl_patch_size', None)
+    if size is None:
+        if kind == 'slice2d':
+            size = 128
+        elif pairs:
+            size = auto_patch_size(pairs[0].voxel_size, _brain_extent(pairs[0].mask))
+        else:
+            size = 48
     opts = {'kind': kind, 'source': _get(settings, 'dl_source', 'derivatives'),
             'seed': int(_get(settings, 'dl_seed', 0)),
             'validation_fraction': float(_get(settings, 'dl_validation', 0.2)),
@@ -115,10 +159,12 @@ def _same_dataset(manifest_path: Path, opts: dict, pairs) -> bool:
 
 def run_group(settings) -> int:
     """Dataset → training → model folder under the derivatives; returns an exit code."""
+    from qsmprep.dl import require_tensorflow
     from qsmprep.dl.data import build_dataset, find_pairs
-    from qsmprep.io.errors import MissingInputError, UsageError
+    from qsmprep.io.errors import DataError, MissingInputError, UsageError
     from qsmprep.workflows.participant import derivatives_root
 
+    require_tensorflow('the group level (model training)')
     deriv = derivatives_root(settings.output_dir)
     opts = dataset_options(settings)
     if opts['source'] == 'simulate-truth':
@@ -138,6 +184,10 @@ def run_group(settings) -> int:
             'no local field / apparent susceptibility pairs found', path=root,
             hint='the participant level writes the training labels (desc-apparent_Chimap) '
                  'only for subjects with >= 6 orientations')
+    if _get(settings, 'dl_patch_size', None) is None and opts['kind'] == 'patch3d':
+        opts = dataset_options(settings, pairs)
+        LOGGER.log(IMPORTANT, 'patch size %d voxels (from the voxel size and brain extent; '
+                   'set --dl-patch-size to choose)', opts['patch_shape'][0])
     cfg = training_config(settings)
     work = Path(settings.work_dir) / 'dl_dataset' / opts['kind']
     if _same_dataset(work / 'manifest.json', opts, pairs):
@@ -147,8 +197,20 @@ def run_group(settings) -> int:
                     opts['kind'], len(pairs), work)
         if work.exists():  # ours: an older or half-written dataset (e.g. killed job)
             shutil.rmtree(work)
-        build_dataset(work, pairs=pairs,
-                      **{k: v for k, v in opts.items() if k not in ('source', 'subjects')})
+        try:
+            build_dataset(work, pairs=pairs,
+                          **{k: v for k, v in opts.items() if k not in ('source', 'subjects')})
+        except ValueError as exc:
+            if 'no training sample' not in str(exc):
+                raise
+            shutil.rmtree(work, ignore_errors=True)  # nothing half-written left behind
+            size = opts.get('patch_shape', opts.get('crop'))[0]
+            raise DataError(
+                f'no training sample passed the filters ({len(pairs)} orientation(s), '
+                f'patch/crop size {size} voxels): the brain masks are too small or too '
+                'fragmented for that size', path=root,
+                hint='pass a smaller --dl-patch-size (e.g. 24), check the participant '
+                     'masks (desc-local_mask), or train on more subjects') from None
     name = _get(settings, 'dl_name', cfg.model)
     out = deriv / 'models' / name
     bidsignore = deriv / '.bidsignore'

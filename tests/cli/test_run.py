@@ -213,7 +213,7 @@ CASES = [
                               'add sub-01_acq-ori01_echo-2_part-phase_MEGRE.nii.gz']),
     (case_missing_magnitude, 66, ['echo-3_part-phase_MEGRE.nii.gz', 'no magnitude image',
                                   'add sub-01_acq-ori01_echo-3_part-mag_MEGRE.nii.gz']),
-    (case_grid_mismatch_between_echoes, 65, ['echo-3_part-mag_MEGRE.nii.gz', 'shape 8x8x5',
+    (case_grid_mismatch_between_echoes, 65, ['echo-3_part-mag_MEGRE.nii.gz', 'shape 16x16x5',
                                              'echo-1_part-mag_MEGRE.nii.gz', 'one grid']),
     (case_grid_mismatch_mag_phase, 65, ['echo-2_part-phase_MEGRE.nii.gz', 'origin (2, 0, 0)',
                                         'one grid']),

@@ -43,10 +43,10 @@ def _run(cmd, env, cwd):
 
 
 def _outputs(root: Path) -> dict[str, Path]:
-    """Output files by relative path, without the per-run settings log (its name is the
-    run's UUID)."""
+    """Output files by relative path, without the per-run logs (settings, log file, file
+    list: their names carry the run's time stamp and UUID)."""
     return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob('*')) if p.is_file()
-            and not re.search(r'/log/qsmprep_[^/]+\.toml$', p.as_posix())}
+            and not re.search(r'/log/qsmprep_[^/]+\.(toml|log|txt)$', p.as_posix())}
 
 
 def test_image_threads_are_read_from_the_dockerfile():

@@ -83,10 +83,11 @@ def test_participant_workflow_gets_a_dl_node(tmp_path, fcn_model):
     opts = workflow_options(SimpleNamespace(mask_method='python', registration='sitk',
                                             model=fcn_model))
     assert opts['model'] == str(fcn_model)
-    wf = init_single_subject_wf(subject, output_dir=tmp_path / 'out', bids_dir=root, **opts)
+    wf = init_single_subject_wf(subject, output_dir=tmp_path / 'out', bids_dir=root,
+                                options=opts)
     names = set(wf.list_node_names())
     assert {'predict_acq_ori01', 'predict_acq_ori02'} <= names
-    sink = wf.get_node('ds_chimap_fcn_acq_ori01')
+    sink = wf.get_node('ds_acq_ori01_wf.ds_chimap_fcn')
     assert sink.inputs.out_path.endswith('sub-01_acq-ori01_desc-fcn_Chimap.nii.gz')
     assert sink.inputs.metadata['Units'] == 'ppm'
     wf._create_flat_graph()

@@ -84,13 +84,13 @@ def test_orientation_graph_draws_every_node_and_edge_of_the_workflow(drawn, ext)
     flat = wf._create_flat_graph()
     boxes, edges, texts = _svg(drawn['orientation_wf'])
     assert set(boxes) == set(wf.list_node_names())
-    assert len(boxes) == flat.number_of_nodes() == 11
+    assert len(boxes) == flat.number_of_nodes() == 12  # invert (TKD) and invert_ilsqr
     assert edges == {f'edge-{_relative(u, wf)}-{_relative(v, wf)}' for u, v in flat.edges}
     labels = {t for t, _, _ in texts}
     for name in ('stack_echoes', 'brainmask_wf.python_bet', 'erode_mask', 'unwrap',
-                 'combine_echoes', 'vsharp', 'invert'):
+                 'combine_echoes', 'bgremoval', 'invert', 'invert_ilsqr'):
         assert name in labels, name
-    for cls in ('StackEchoes', 'PythonBET', 'UnwrapPhase', 'CombineEchoes', 'VSharp',
+    for cls in ('StackEchoes', 'PythonBET', 'UnwrapPhase', 'CombineEchoes', 'BackgroundRemoval',
                 'DipoleInversion', 'IdentityInterface'):
         assert cls in labels, cls
     # each name is written inside its own box, and the box is wide enough for it
@@ -100,7 +100,7 @@ def test_orientation_graph_draws_every_node_and_edge_of_the_workflow(drawn, ext)
         assert x1 - x0 >= ext._text_width(name, ext.NAME_SIZE), name
     # left to right along the pipeline
     centre = {n: (b[0] + b[2]) / 2 for n, b in boxes.items()}
-    chain = ['inputnode', 'stack_echoes', 'unwrap', 'combine_echoes', 'vsharp', 'invert',
+    chain = ['inputnode', 'stack_echoes', 'unwrap', 'combine_echoes', 'bgremoval', 'invert',
              'outputnode']
     assert [centre[n] for n in chain] == sorted(centre[n] for n in chain)
 
@@ -125,10 +125,11 @@ def test_single_subject_graph_is_the_top_level_graph(drawn, ext, tmp_path, n):
     workflow, node, sink = (ext.STYLES[k][0] for k in ('workflow', 'node', 'sink'))
     assert len({workflow, node, sink}) == 3
     assert fill['orientation_acq_ori01_wf'] == workflow
-    assert fill['multi_orientation'] == node
-    assert fill['ds_cosmos'] == sink
+    assert fill['multi_orientation_wf'] == workflow
+    assert fill['ds_acq_ori01_wf'] == sink  # the per-orientation derivatives
     assert all((fill[b] == sink) == b.startswith('ds_') for b in boxes)
-    assert ('ds_chi33' in boxes) == (n >= 6)
+    assert all(f'to_reference_acq_{ori}_wf' in boxes for ori in oris)
+    assert any(b.startswith('apparent_') for b in boxes) == (n >= 6)
     # no two boxes overlap
     items = sorted(boxes.values())
     for i, (ax0, ay0, ax1, ay1, _) in enumerate(items):

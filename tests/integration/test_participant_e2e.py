@@ -53,12 +53,14 @@ def tiny(tmp_path_factory):
 def test_run_succeeds_and_writes_the_expected_files(tiny):
     assert tiny.rc == 0
     acqs = [f'ori{i:02d}' for i in range(1, 7)]
-    expected = {'dataset_description.json', '.bidsignore', 'logs/CITATION.md', 'sub-01.html'}
+    expected = {'dataset_description.json', '.bidsignore', 'logs/CITATION.md', 'sub-01.html',
+                'descriptions.tsv', 'descriptions.json', 'README.md'}
     for a in acqs:
         p = f'sub-01/anat/sub-01_acq-{a}'
         expected |= {f'{p}_space-orig_desc-brain_mask.nii.gz', f'{p}_space-orig_desc-local_mask'
                      '.nii.gz', f'{p}_desc-total_field.nii.gz', f'{p}_desc-local_field.nii.gz',
-                     f'{p}_desc-tkd_Chimap.nii.gz', f'{p}_desc-apparent_Chimap.nii.gz'}
+                     f'{p}_desc-tkd_Chimap.nii.gz', f'{p}_desc-ilsqr_Chimap.nii.gz',
+                     f'{p}_desc-apparent_Chimap.nii.gz'}
         if a != 'ori01':
             expected.add(f'sub-01/anat/sub-01_from-{a}_to-ori01_mode-image_xfm.txt')
     sp = 'sub-01/anat/sub-01_space-ori01'
@@ -82,17 +84,56 @@ def test_run_succeeds_and_writes_the_expected_files(tiny):
     assert shape[-1] == 6
 
 
+def _resolve(uri, tiny):
+    """File a BIDS URI of a sidecar names, through the dataset's ``DatasetLinks``."""
+    desc = json.loads((tiny.out / 'dataset_description.json').read_text())
+    name, rel = uri.removeprefix('bids:').split(':', 1)
+    if not name:
+        return tiny.out / rel
+    return Path(desc['DatasetLinks'][name].removeprefix('file://')) / rel
+
+
 def test_sidecars_have_units_sources_and_b0(tiny):
     for p in tiny.anat.glob('*_Chimap.json'):
         meta = json.loads(p.read_text())
         assert meta['Units'] == 'ppm' and meta['SkullStripped'] is True, p.name
-        for uri in meta['Sources'] + [meta.get('SpatialReference', meta['Sources'][0])]:
-            assert uri.startswith('bids:raw:')
-            assert (tiny.bids / uri.removeprefix('bids:raw:')).exists(), uri
+        assert meta['SpatialReference' if '_space-' in p.name else 'Sources']
         if '_acq-' in p.name:
             assert np.linalg.norm(meta['B0_dir']) == pytest.approx(1.0, abs=1e-6)
     tkd = json.loads((tiny.anat / 'sub-01_acq-ori02_desc-tkd_Chimap.json').read_text())
     assert tkd['EchoTime'] == sorted(tkd['EchoTime']) and len(tkd['EchoTime']) == 3
+    assert tkd['Sources'] == ['bids::sub-01/anat/sub-01_acq-ori02_desc-local_field.nii.gz',
+                              'bids::sub-01/anat/sub-01_acq-ori02_space-orig_desc-local_mask'
+                              '.nii.gz']
+
+
+def test_every_sidecar_has_a_description_and_resolvable_sources(tiny):
+    """Sources are BIDS URIs of existing files: ``bids::`` this dataset, ``bids:raw:`` the
+    input dataset, ``bids:masks:`` the user masks (``--derivatives``), as DatasetLinks says."""
+    sidecars = sorted(tiny.anat.glob('*.json'))
+    assert len(sidecars) > 40
+    kinds = set()
+    for p in sidecars:
+        meta = json.loads(p.read_text())
+        if p.name.endswith('_qsmprep.json'):
+            continue
+        assert meta.get('Description'), p.name
+        refs = [meta['SpatialReference']] if 'SpatialReference' in meta else []
+        for uri in meta['Sources'] + refs:
+            assert uri.startswith(('bids::', 'bids:raw:', 'bids:masks:')), (p.name, uri)
+            assert _resolve(uri, tiny).exists(), (p.name, uri)
+            kinds.add(uri.split(':')[1])
+    assert kinds == {'', 'raw', 'masks'}  # user masks from the simulator's truth
+    # descriptions.tsv defines every desc- label used
+    import re
+
+    used = {m for p in tiny.out.rglob('sub-*_*') for m in re.findall(r'_(desc-[^_.]+)', p.name)}
+    rows = (tiny.out / 'descriptions.tsv').read_text().splitlines()
+    assert rows[0] == 'desc_id\tdescription' and len(used) >= 10
+    assert used <= {r.split('\t')[0] for r in rows[1:]}
+    mask = json.loads((tiny.anat / 'sub-01_acq-ori02_space-orig_desc-brain_mask.json')
+                      .read_text())
+    assert mask['Sources'] == ['bids:masks:sub-01/anat/sub-01_acq-ori02_desc-brain_mask.nii.gz']
 
 
 def test_b0_directions_within_one_degree(tiny):
@@ -158,12 +199,19 @@ def test_derivatives_pass_the_bids_validator(tiny, bids_validator):
     errors = [(i['code'], i.get('location'), i.get('subCode')) for i in issues
               if i['severity'] == 'error']
     assert errors == []
+    # with warnings: only the Authors of the derivative dataset, which qsmprep cannot know
+    proc = subprocess.run([bids_validator, str(tiny.out), '--format', 'json'],
+                          capture_output=True, text=True, timeout=600)
+    warnings = {(i['code'], i.get('location'), i.get('subCode'))
+                for i in json.loads(proc.stdout)['issues']['issues']
+                if i['severity'] == 'warning'}
+    assert {w[0] for w in warnings} <= {'TOO_FEW_AUTHORS'}, warnings
 
 
 def test_rerun_reuses_the_work_directory(tiny):
     chi = _load(tiny.anat / 'sub-01_space-ori01_desc-chi33_Chimap.nii.gz')
-    stamp = (tiny.work / 'qsmprep_wf' / 'single_subject_sub_01_wf' / 'multi_orientation'
-             / 'result_multi_orientation.pklz')
+    stamp = (tiny.work / 'qsmprep_wf' / 'single_subject_sub_01_wf' / 'multi_orientation_wf'
+             / 'multi_orientation' / 'result_multi_orientation.pklz')
     mtime = stamp.stat().st_mtime
     assert _run(tiny.bids, tiny.out, tiny.work, '--derivatives', str(tiny.truth)) == 0
     assert stamp.stat().st_mtime == mtime          # cached node not re-executed

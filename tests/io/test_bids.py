@@ -23,12 +23,12 @@ from qsmprep.io.errors import (
     UsageError,
 )
 from qsmprep.io.testing import edit_sidecar, make_megre_dataset, megre_path, rotation_affine
-from qsmprep.numerics.dipole import b0_direction_from_affine
+from qsmprep.numerics.geometry import b0_direction_from_affine
 
 
 def test_echo_10_sorts_after_echo_9(tmp_path):
     tes = [0.002 * (i + 1) for i in range(11)]
-    root = make_megre_dataset(tmp_path / 'ds', echo_times=tes, shape=(4, 4, 3))
+    root = make_megre_dataset(tmp_path / 'ds', echo_times=tes)
     (o,) = collect_subjects(root)[0].orientations
     assert [e.number for e in o.echoes] == list(range(1, 12))
     assert o.echo_times == tuple(tes)
@@ -103,7 +103,7 @@ def test_arbitrary_units_are_rescaled_to_radians(tmp_path):
     (o,) = collect_subjects(root)[0].orientations
     assert o.phase_units == 'arbitrary'
     mag, phase = load_orientation(o)
-    assert mag.shape == phase.shape == (8, 8, 6, 2)
+    assert mag.shape == phase.shape == (16, 16, 16, 2)
     assert mag.dtype == phase.dtype == np.float32
     raw = np.stack([np.asanyarray(nib.load(e.phase).dataobj) for e in o.echoes], -1)
     assert raw.dtype == np.int16
@@ -178,7 +178,7 @@ def test_malformed_json_reports_line_and_column(tmp_path):
     assert collect_subjects(root)[0].orientations[0].n_echoes == 3
 
 
-def _write_mask(path, shape=(8, 8, 6), affine=None):
+def _write_mask(path, shape=(16, 16, 16), affine=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     data = np.zeros(shape, np.uint8)
     data[2:6, 2:6, 1:5] = 1

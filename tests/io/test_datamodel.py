@@ -16,7 +16,7 @@ from qsmprep.io.datamodel import (
     superior_voxel_axis,
 )
 from qsmprep.io.testing import rotation_affine
-from qsmprep.numerics.dipole import b0_direction_from_affine
+from qsmprep.numerics.geometry import b0_direction_from_affine
 
 
 def _orientation(acq, b0, affine=None, run=None, n_echoes=2):

@@ -13,6 +13,7 @@ from qsmprep.io.nifti import (
     scan_volume,
     wrap_phase,
 )
+from qsmprep.numerics.unwrap import wrap_phase as numerics_wrap_phase
 
 
 def _save(tmp_path, data, name='x.nii.gz', affine=None):
@@ -80,6 +81,9 @@ def test_wrap_phase_range_and_congruence():
     k = (x - w) / (2 * np.pi)
     np.testing.assert_allclose(k, np.round(k), atol=1e-9)
     assert wrap_phase(np.float32(np.pi)).dtype == np.float32
+    # one implementation, one convention ([-π, π)): the numerics one
+    assert wrap_phase is numerics_wrap_phase
+    assert wrap_phase(np.pi) == -np.pi and wrap_phase(-np.pi) == -np.pi
 
 
 def test_rescale_integer_siemens_range_is_exact():

@@ -122,7 +122,12 @@ def test_sphere_offsets_counts():
 def test_vsharp_radii_default():
     assert vsharp_radii(1.0) == (18.0, 16.0, 14.0, 12.0, 10.0, 8.0, 6.0, 4.0, 2.0)
     assert vsharp_radii((0.5, 0.5, 0.5)) == tuple(9.0 - i for i in range(9))
-    assert vsharp_radii((1.0, 1.0, 2.0)) == (18.0, 14.0, 10.0, 6.0)
+    # anisotropic voxels: the steps miss 2·max(Δ); the smallest radius is still 2·max(Δ)
+    assert vsharp_radii((1.0, 1.0, 2.0)) == (18.0, 14.0, 10.0, 6.0, 4.0)
+    assert vsharp_radii((1.5, 1.5, 2.0)) == (27.0, 23.0, 19.0, 15.0, 11.0, 7.0, 4.0)
+    for vs in ((0.7, 0.7, 3.0), (2.0, 2.0, 2.0), (1.0, 1.2, 1.3)):
+        r = vsharp_radii(vs)
+        assert r[-1] == pytest.approx(2 * max(vs)) and list(r) == sorted(r, reverse=True)
 
 
 # --------------------------------------------------------------------------- erosion

@@ -44,14 +44,65 @@ def test_wrap_phase_range_and_congruence():
     rng = np.random.default_rng(0)
     x = rng.uniform(-50.0, 50.0, 10_000)
     w = wrap_phase(x)
-    assert np.all(w > -np.pi) and np.all(w <= np.pi)
+    assert np.all(w >= -np.pi) and np.all(w < np.pi)
     k = (x - w) / TWO_PI
     np.testing.assert_allclose(k, np.round(k), atol=1e-9)
-    assert wrap_phase(np.pi) == np.pi
-    assert wrap_phase(-np.pi) == np.pi
-    assert wrap_phase(3 * np.pi) == pytest.approx(np.pi)
     small = np.linspace(-3.0, 3.0, 7)
     np.testing.assert_array_equal(wrap_phase(small), small)
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_wrap_phase_convention_at_the_boundaries(dtype):
+    """[−π, π) in the array's own precision: +π → −π, −π stays, odd multiples → −π;
+    idempotent (bit for bit) and exp(iφ) unchanged, also for large multiples of 2π."""
+    pi = dtype(np.pi)
+    eps = np.finfo(dtype).eps
+    below, above = np.nextafter(pi, dtype(0)), np.nextafter(-pi, dtype(0))
+    # exactly ±π (as represented in this dtype)
+    assert wrap_phase(pi) == -pi and wrap_phase(pi).dtype == dtype
+    assert wrap_phase(-pi) == -pi
+    assert wrap_phase(below) == below and wrap_phase(above) == above  # inside: unchanged
+    # odd multiples of π are the same angle as −π (to the rounding of the multiple)
+    for m in (3, -3, 5, -5, 101, -101):
+        x = dtype(m) * pi
+        w = wrap_phase(x)
+        assert -pi <= w < pi
+        assert np.cos(np.float64(w) - np.float64(x)) == pytest.approx(1.0, abs=1e-6)
+        assert abs(abs(w) - pi) <= 4 * abs(m) * eps * pi  # lands next to ±π
+    # large multiples of 2π plus an offset: the offset comes back, up to |x|·eps
+    phi0 = np.linspace(-3.1, 3.1, 9).astype(dtype)
+    for k in (1, -1, 7, -7, 1000, -1000, 10**5, -(10**5)):
+        x = (phi0.astype(np.float64) + 2 * np.pi * k).astype(dtype)
+        w = wrap_phase(x)
+        assert w.dtype == dtype and np.all(w >= -pi) and np.all(w < pi)
+        tol = 8 * eps * (abs(k) * 2 * np.pi + np.pi)
+        d = np.angle(np.exp(1j * (w.astype(np.float64) - phi0)))
+        assert np.abs(d).max() <= tol
+    # idempotent, bit for bit, on values around every boundary and far away
+    rng = np.random.default_rng(3)
+    x = np.concatenate([
+        np.array([pi, -pi, below, above, 3 * pi, -3 * pi, 0, -0.0], dtype=dtype),
+        rng.uniform(-1e4, 1e4, 5000).astype(dtype),
+        (pi * rng.integers(-50, 50, 500)).astype(dtype),
+        np.nextafter(pi * rng.integers(-50, 50, 500).astype(dtype), dtype(np.inf)),
+    ])
+    w = wrap_phase(x)
+    assert np.all(w >= -pi) and np.all(w < pi)
+    np.testing.assert_array_equal(wrap_phase(w), w)
+    np.testing.assert_allclose(np.exp(1j * w.astype(np.float64)),
+                               np.exp(1j * x.astype(np.float64)),
+                               atol=8 * eps * (1e4 + np.pi))
+
+
+def test_wrap_phase_agrees_with_numpy_angle_except_at_plus_pi():
+    """np.angle gives (−π, π]; the two conventions differ only where np.angle returns +π."""
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.uniform(-40, 40, 2000), [np.pi, -np.pi, 3 * np.pi]])
+    a = np.angle(np.exp(1j * x))
+    w = wrap_phase(a)
+    np.testing.assert_array_equal(w[a < np.pi], a[a < np.pi])
+    assert np.all(w[a == np.pi] == -np.pi)
+    np.testing.assert_allclose(np.exp(1j * wrap_phase(x)), np.exp(1j * x), atol=1e-12)
 
 
 def test_wrap_phase_dtype():
@@ -67,9 +118,9 @@ def test_wrapped_difference_exact(bump):
     w = wrap_phase(bump)
     out = laplacian_unwrap(w, offset='mean')
     assert np.abs(out - (bump - bump.mean())).max() < 1e-9
-    # default 'congruent' offset: the mean of the bump (≈ 1.1 rad) lies in (−π, π], so the
+    # default 'congruent' offset: the mean of the bump (≈ 1.1 rad) lies in [−π, π), so the
     # documented convention returns the true phase itself
-    assert -np.pi < bump.mean() <= np.pi
+    assert -np.pi <= bump.mean() < np.pi
     assert np.abs(laplacian_unwrap(w) - bump).max() < 1e-9
     # without padding (periodic solve on the array itself) as well
     out0 = laplacian_unwrap(w, padding=0, offset='mean')

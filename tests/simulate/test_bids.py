@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qsmprep.numerics.constants import GAMMA_BAR
-from qsmprep.numerics.dipole import b0_direction_from_affine
+from qsmprep.numerics.geometry import b0_direction_from_affine
 from qsmprep.simulate import simulate_dataset
 from qsmprep.simulate.acquisition import arbitrary_to_phase
 

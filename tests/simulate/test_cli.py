@@ -20,7 +20,7 @@ def test_help_documents_every_option(capsys):
             assert opt in text, opt
         if action.option_strings and action.help is not argparse_suppress():
             assert action.help, action.option_strings  # every option has a description
-    for preset in ('tiny', 'demo', 'full', 'cohort'):
+    for preset in ('tiny', 'demo', 'full', 'cohort', '7t'):
         assert preset in text
     assert '64' in text and '73' in text
 
@@ -42,6 +42,10 @@ def argparse_suppress():
     ['--tilt-range', '40', '10'],
     ['--jobs', '0'],
     ['--no-such-option'],
+    ['--air-cavities', 'huge'],
+    ['--grid-orientation', 'XYZ'],
+    ['--coil-phase', '-1'],
+    ['--realism', 'max'],
 ])
 def test_bad_values_exit_64(tmp_path, argv, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -70,6 +74,19 @@ def test_dry_run_prints_resolved_settings(tmp_path, capsys):
     assert cfg['voxel_size'] == [2.5, 2.5, 2.5] and len(cfg['echo_times']) == 5
     assert cfg['snr'] is None and cfg['b0_dir_sidecar'] is False
     assert not (tmp_path / 'o').exists()
+
+
+def test_dry_run_realism_switch_and_overrides(tmp_path, capsys):
+    assert cli.main([str(tmp_path / 'o'), '--preset', 'demo', '--realistic', '--no-dephasing',
+                     '--coil-phase', '0.2', '--grid-orientation', 'las', '--dry-run']) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg['realism'] == 'realistic' and cfg['body'] is True
+    assert cfg['dephasing'] is False and cfg['coil_phase'] == 0.2
+    assert cfg['grid_orientation'] == 'LAS' and cfg['phase_units'] == 'arbitrary'
+    assert cli.main([str(tmp_path / 'o'), '--preset', '7t', '--dry-run']) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg['field_strength'] == 7.0 and cfg['voxel_size'] == [1.5, 1.5, 2.0]
+    assert cfg['bias_field'] == 0.5
 
 
 def test_cli_writes_dataset(tmp_path, capsys):
