@@ -99,7 +99,10 @@ def _replace(logger: logging.Logger, tag: str, handler: logging.Handler | None) 
         if getattr(h, tag, False):
             logger.removeHandler(h)
             if isinstance(h, logging.FileHandler):
-                h.close()
+                try:
+                    h.close()
+                except OSError:  # a full disk fails the flush: the run's exit code says so
+                    pass
     if handler is not None:
         setattr(handler, tag, True)
         logger.addHandler(handler)
